@@ -1,0 +1,44 @@
+"""uow: a decorator-based unit of work for SQLAlchemy 2.x, sync and async.
+
+``@with_services(UserService)`` opens a session (or joins the active one), builds the
+services the function asks for, and commits or rolls back when it returns or raises.
+"""
+
+from __future__ import annotations
+
+from uow._database import Database, configure
+from uow._decorators import provide_services, unit_of_work, with_services
+from uow._providers import override
+from uow._retry import Retry, is_transient
+from uow._unit import Propagation, current_session, current_session_async, on_commit
+from uow.errors import (
+    ConfigurationError,
+    InjectionError,
+    NoActiveUnitOfWork,
+    PropagationError,
+    RollbackOnlyError,
+    UowError,
+)
+
+__all__ = [
+    "ConfigurationError",
+    "Database",
+    "InjectionError",
+    "NoActiveUnitOfWork",
+    "Propagation",
+    "PropagationError",
+    "Retry",
+    "RollbackOnlyError",
+    "UowError",
+    "configure",
+    "current_session",
+    "current_session_async",
+    "is_transient",
+    "on_commit",
+    "override",
+    "provide_services",
+    "unit_of_work",
+    "with_services",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,228 @@
+"""`Database`: where a unit's sessions come from, and `configure()`: the process default."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Union
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from uow.errors import ConfigurationError
+
+__all__ = ["Database", "configure", "get_default_database", "resolve_database"]
+
+AnySessionFactory = Union["sessionmaker[Session]", "async_sessionmaker[AsyncSession]"]
+AnyEngine = Union[Engine, AsyncEngine]
+
+_DEFAULT_SESSION_OPTIONS: Mapping[str, Any] = {"expire_on_commit": False}
+
+# Every Database made in this process, so a forked child can drop the parent's pooled connections.
+_ALL_DATABASES: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+class Database:
+    """Where sessions come from: a URL, an Engine/AsyncEngine, or a (async_)sessionmaker.
+
+    A URL with an async driver makes an async Database. Sessions default to
+    ``expire_on_commit=False`` so objects stay readable after their unit commits.
+    Read-only units run on one of ``replicas`` (round-robin) when any are given.
+    """
+
+    def __init__(
+        self,
+        url: str | URL | None = None,
+        *,
+        engine: AnyEngine | None = None,
+        session_factory: AnySessionFactory | None = None,
+        replicas: Sequence[str | URL | AnyEngine] = (),
+        engine_options: Mapping[str, Any] | None = None,
+        session_options: Mapping[str, Any] | None = None,
+        name: str | None = None,
+    ) -> None:
+        given = [x for x in (url, engine, session_factory) if x is not None]
+        if len(given) != 1:
+            raise ConfigurationError(
+                "Database() needs exactly one of: a URL (Database('sqlite:///app.db')), "
+                "engine=Engine/AsyncEngine, or session_factory=sessionmaker/async_sessionmaker; "
+                f"got {len(given)}"
+            )
+        self._engine_options = dict(engine_options or {})
+        self._session_options = {**_DEFAULT_SESSION_OPTIONS, **(session_options or {})}
+        self._owned_engines: list[AnyEngine] = []
+        if session_factory is not None:
+            self.session_factory = self._check_factory(session_factory)
+            self.is_async = isinstance(session_factory, async_sessionmaker)
+            bind = session_factory.kw.get("bind")
+            self.engine: AnyEngine | None = bind if isinstance(bind, (Engine, AsyncEngine)) else None
+        else:
+            primary = engine if engine is not None else self._make_engine(url)  # type: ignore[arg-type]
+            if not isinstance(primary, (Engine, AsyncEngine)):
+                raise ConfigurationError(
+                    f"Database(engine=...) needs a sqlalchemy Engine or AsyncEngine, got {type(primary).__name__}"
+                )
+            self.engine = primary
+            self.is_async = isinstance(primary, AsyncEngine)
+            self.session_factory = self._factory_for(primary)
+        self.replica_factories: list[AnySessionFactory] = [self._replica_factory(r) for r in replicas]
+        self._replica_cycle = itertools.cycle(self.replica_factories) if self.replica_factories else None
+        self._replica_lock = threading.Lock()
+        self.name = name or self._describe()
+        _ALL_DATABASES.add(self)
+
+    def __repr__(self) -> str:
+        kind = "async" if self.is_async else "sync"
+        return f"<Database {self.name} ({kind})>"
+
+    def session_factory_for(self, *, read_only: bool) -> AnySessionFactory:
+        """The factory a new unit takes its session from: a replica for read-only units when there are any."""
+        if read_only and self._replica_cycle is not None:
+            with self._replica_lock:
+                return next(self._replica_cycle)
+        return self.session_factory
+
+    def dispose(self) -> None:
+        """Close the pooled connections of the engines this Database created itself (sync Databases)."""
+        for engine in self._owned_engines:
+            if isinstance(engine, AsyncEngine):
+                raise ConfigurationError(f"{self!r} is async: use 'await database.dispose_async()'")
+            engine.dispose()
+
+    async def dispose_async(self) -> None:
+        """Close the pooled connections of the engines this Database created itself."""
+        for engine in self._owned_engines:
+            if isinstance(engine, AsyncEngine):
+                await engine.dispose()
+            else:
+                engine.dispose()
+
+    def _describe(self) -> str:
+        if self.engine is not None:
+            return self.engine.url.render_as_string(hide_password=True)
+        return f"session_factory@{id(self.session_factory):x}"
+
+    def _make_engine(self, url: str | URL) -> AnyEngine:
+        parsed = make_url(url)
+        is_async = bool(getattr(parsed.get_dialect(), "is_async", False))
+        engine: AnyEngine
+        if is_async:
+            engine = create_async_engine(parsed, **self._engine_options)
+        else:
+            engine = create_engine(parsed, **self._engine_options)
+        if parsed.get_backend_name() == "sqlite":
+            _use_real_sqlite_transactions(engine)
+        self._owned_engines.append(engine)
+        return engine
+
+    def _factory_for(self, engine: AnyEngine) -> AnySessionFactory:
+        if isinstance(engine, AsyncEngine):
+            return async_sessionmaker(engine, **self._session_options)
+        return sessionmaker(engine, **self._session_options)
+
+    def _replica_factory(self, replica: str | URL | AnyEngine) -> AnySessionFactory:
+        engine = replica if isinstance(replica, (Engine, AsyncEngine)) else self._make_engine(replica)
+        if isinstance(engine, AsyncEngine) != self.is_async:
+            raise ConfigurationError(
+                f"replica {engine.url.render_as_string(hide_password=True)} is "
+                f"{'async' if isinstance(engine, AsyncEngine) else 'sync'} but the primary is "
+                f"{'async' if self.is_async else 'sync'}: use the same kind of driver for both"
+            )
+        return self._factory_for(engine)
+
+    @staticmethod
+    def _check_factory(factory: object) -> AnySessionFactory:
+        if not isinstance(factory, (sessionmaker, async_sessionmaker)):
+            raise ConfigurationError(
+                "Database(session_factory=...) needs a sqlalchemy sessionmaker or async_sessionmaker, "
+                f"got {type(factory).__name__}"
+            )
+        return factory
+
+
+def _use_real_sqlite_transactions(engine: AnyEngine) -> None:
+    """Let SQLAlchemy, not the sqlite3 module, decide when transactions begin, so savepoints work.
+
+    This is the recipe from SQLAlchemy's pysqlite documentation ("Serializable isolation /
+    Savepoints / Transactional DDL"); without it a SAVEPOINT can silently commit the outer work.
+    """
+    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+
+    event.listen(sync_engine, "connect", _disable_pysqlite_autobegin)
+    event.listen(sync_engine, "begin", _emit_begin)
+
+
+def _disable_pysqlite_autobegin(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None
+
+
+def _emit_begin(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN")
+
+
+class _DefaultDatabase:
+    """Holds the process default set by `configure()`."""
+
+    __slots__ = ("database",)
+
+    def __init__(self) -> None:
+        self.database: Database | None = None
+
+
+_default = _DefaultDatabase()
+
+
+def configure(database: Database) -> Database:
+    """Make `database` the process default used by every decorator and unit not given one; returns it."""
+    if not isinstance(database, Database):
+        raise ConfigurationError(
+            f"configure() needs a uow.Database, got {type(database).__name__}: "
+            "wrap it first, e.g. configure(Database('sqlite:///app.db'))"
+        )
+    _default.database = database
+    return database
+
+
+def get_default_database() -> Database | None:
+    """The database set by `configure()`, or None."""
+    return _default.database
+
+
+def resolve_database(database: Database | None, *, what: str) -> Database:
+    """`database` itself, else the configured default; `ConfigurationError` naming `what` if neither exists."""
+    if database is not None:
+        return database
+    default = _default.database
+    if default is None:
+        raise ConfigurationError(
+            f"{what} has no database: call uow.configure(Database(url)) at start-up, "
+            "or pass database=... to the decorator"
+        )
+    return default
+
+
+def _forget_parent_connections() -> None:
+    """In a forked child, drop the parent's pooled connections without closing them under the parent."""
+    for database in list(_ALL_DATABASES):
+        for engine in _engines_of(database):
+            sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+            sync_engine.dispose(close=False)
+
+
+def _engines_of(database: Database) -> Iterator[AnyEngine]:
+    seen: set[int] = set()
+    factories = [database.session_factory, *database.replica_factories]
+    for factory in factories:
+        bind = factory.kw.get("bind")
+        if isinstance(bind, (Engine, AsyncEngine)) and id(bind) not in seen:
+            seen.add(id(bind))
+            yield bind
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parent_connections)

@@ -1,0 +1,595 @@
+"""Signature planning and the decorators: `with_services`, `unit_of_work`, `provide_services`.
+
+A decorated call does no `inspect` work: `plan_function` decides, once, which parameter
+gets which service, what signature frameworks see, and how the call is laid out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import logging
+import time
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from uow._database import Database, get_default_database
+from uow._providers import (
+    SESSION_PARAM_NAMES,
+    ServicePlan,
+    build_async,
+    build_sync,
+    close_async,
+    close_sync,
+    describe,
+    is_session_annotation,
+    plan_service,
+    unwrap_annotated,
+)
+from uow._retry import Retry, parse_retry
+from uow._unit import (
+    ActiveUnit,
+    Propagation,
+    Transaction,
+    UnitSpec,
+    enter_async,
+    enter_sync,
+    exit_async,
+    exit_sync,
+    find_frame,
+)
+from uow.errors import ConfigurationError, InjectionError
+
+__all__ = ["FunctionPlan", "plan_function", "register_connection_resolver", "resolve_connection"]
+
+logger = logging.getLogger("uow")
+
+RESERVED_KEYWORDS = ("session", "connection")
+
+BOTH_SESSION_AND_CONNECTION = "Cannot provide both 'session' and 'connection' - choose one"
+NO_SERVICES = "At least one service provider is required"
+
+# Framework integrations teach `connection=` how to find a request's transaction.
+ConnectionResolver = Callable[[Any], "Transaction | None"]
+_connection_resolvers: list[ConnectionResolver] = []
+
+
+def register_connection_resolver(resolver: ConnectionResolver) -> None:
+    """Called by a framework integration: `resolver(connection)` returns that request's transaction, or None."""
+    if resolver not in _connection_resolvers:
+        _connection_resolvers.append(resolver)
+
+
+def resolve_connection(connection: Any, *, what: str) -> Transaction:
+    """The request transaction a framework integration keeps for `connection`."""
+    for resolver in _connection_resolvers:
+        tx = resolver(connection)
+        if tx is not None:
+            return tx
+    raise ConfigurationError(
+        f"{what} was given connection={type(connection).__name__}, but no framework integration knows it: "
+        "install the request unit of your framework (uow.integrations.litestar.UnitOfWorkPlugin, "
+        "uow.integrations.starlette.UnitOfWorkMiddleware, ...) or pass session= instead"
+    )
+
+
+class FunctionPlan:
+    """Everything a decorated call needs, decided at decoration time."""
+
+    __slots__ = (
+        "fn",
+        "is_async",
+        "positional_targets",
+        "retry",
+        "session_params",
+        "spec",
+        "target_names",
+        "targets",
+        "visible_annotations",
+        "visible_signature",
+        "what",
+    )
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        is_async: bool,
+        targets: list[tuple[str, ServicePlan]],
+        session_params: tuple[str, ...],
+        positional_targets: tuple[tuple[int, str], ...],
+        visible_signature: inspect.Signature,
+        visible_annotations: dict[str, Any],
+        spec: UnitSpec,
+        retry: Retry | None,
+    ) -> None:
+        self.fn = fn
+        self.what = spec.what
+        self.is_async = is_async
+        self.targets = targets
+        self.target_names = frozenset(name for name, _ in targets)
+        self.session_params = session_params
+        self.positional_targets = positional_targets
+        self.visible_signature = visible_signature
+        self.visible_annotations = visible_annotations
+        self.spec = spec
+        self.retry = retry
+
+
+def _function_label(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}()"
+
+
+def plan_function(
+    fn: Callable[..., Any],
+    services: Sequence[Any],
+    *,
+    database: Database | None,
+    propagation: Propagation | str,
+    read_only: bool,
+    isolation_level: str | None,
+    retry: Retry | int | None,
+    decorator: str,
+) -> FunctionPlan:
+    """Decide, once, how to call `fn` with `services` injected."""
+    if not callable(fn):
+        raise TypeError(f"@{decorator} must decorate a function, got {fn!r}")
+    what = _function_label(fn)
+    if getattr(fn, "__name__", "") == "<lambda>":
+        raise InjectionError(
+            f"@{decorator} cannot decorate a lambda ({what}): a lambda has no annotations to match services "
+            "against; write a 'def' function"
+        )
+    is_async = inspect.iscoroutinefunction(fn)
+    if not is_async and (inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn)):
+        raise InjectionError(
+            f"@{decorator} cannot decorate the generator function {what}: a unit must end when the call returns; "
+            "return a list instead, or open 'with provide_services(...)' inside the generator"
+        )
+    spec = UnitSpec(
+        database=database,
+        propagation=propagation,
+        read_only=read_only,
+        isolation_level=isolation_level,
+        what=what,
+    )
+    retry_policy = parse_retry(retry, what=what)
+    if spec.database is not None and spec.database.is_async != is_async:
+        raise ConfigurationError(
+            f"{what} is {'async' if is_async else 'sync'} but {spec.database!r} is "
+            f"{'async' if spec.database.is_async else 'sync'}: "
+            + (
+                "make the function 'async def' or give it an async Database"
+                if spec.database.is_async
+                else "make the function a plain 'def' or give it a sync Database (sqlite://, postgresql+psycopg://)"
+            )
+        )
+    _check_duplicates(services, what)
+    plans = [plan_service(service, for_async=is_async, owner=what) for service in services]
+    signature = inspect.signature(fn)
+    parameters = signature.parameters
+    hints = _resolved_hints(fn)
+
+    targets = _match(plans, parameters, hints, what)
+    taken = {name for name, _ in targets}
+    session_params = tuple(
+        name
+        for name, parameter in parameters.items()
+        if name not in taken and _wants_session(parameter, hints.get(name, parameter.annotation))
+    )
+    hidden = taken | set(session_params)
+    for name in hidden:
+        if parameters[name].kind is inspect.Parameter.POSITIONAL_ONLY:
+            raise InjectionError(
+                f"{what}: parameter {name!r} is positional-only, but uow passes services and the session by keyword; "
+                "remove the '/' before it"
+            )
+    for reserved in RESERVED_KEYWORDS:
+        if reserved in parameters and reserved not in hidden:
+            raise InjectionError(
+                f"{what}: parameter {reserved!r} clashes with the {reserved}= keyword that uow reserves for callers; "
+                + _rename_hint(reserved)
+            )
+    positional = [
+        name
+        for name, parameter in parameters.items()
+        if parameter.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    positional_targets = tuple((positional.index(name), name) for name in positional if name in hidden)
+    visible = signature.replace(parameters=[p for n, p in parameters.items() if n not in hidden])
+    annotations = {k: v for k, v in getattr(fn, "__annotations__", {}).items() if k not in hidden}
+    return FunctionPlan(
+        fn,
+        is_async=is_async,
+        targets=targets,
+        session_params=session_params,
+        positional_targets=positional_targets,
+        visible_signature=visible,
+        visible_annotations=annotations,
+        spec=spec,
+        retry=retry_policy,
+    )
+
+
+def _rename_hint(reserved: str) -> str:
+    if reserved == "session":
+        return "rename the parameter, or annotate it Session/AsyncSession to receive the unit's session"
+    return "rename the parameter"
+
+
+def _check_duplicates(services: Sequence[Any], what: str) -> None:
+    seen: set[Any] = set()
+    for service in services:
+        try:
+            duplicate = service in seen
+            seen.add(service)
+        except TypeError:
+            continue
+        if duplicate:
+            raise InjectionError(f"{what}: service {describe(service)} is listed twice; list each service once")
+
+
+def _resolved_hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    """Type hints of `fn`, evaluating what can be evaluated now and keeping the rest as strings."""
+    with contextlib.suppress(Exception):
+        return typing.get_type_hints(fn, include_extras=True)
+    namespace = dict(getattr(inspect.unwrap(fn), "__globals__", {}))
+    return {name: _evaluate_one(annotation, namespace) for name, annotation in fn.__annotations__.items()}
+
+
+def _evaluate_one(annotation: Any, namespace: dict[str, Any]) -> Any:
+    """An annotation evaluated if it is a string that can be; an unresolvable forward reference stays text."""
+    if not isinstance(annotation, str):
+        return annotation
+    try:
+        return eval(annotation, namespace)  # noqa: S307 - the user's own annotation
+    except Exception:
+        return annotation
+
+
+def _annotation_matches(annotation: Any, plan: ServicePlan) -> bool:
+    annotation = unwrap_annotated(annotation)
+    service_type = plan.service_type
+    if service_type is None or annotation is inspect.Parameter.empty:
+        return False
+    if annotation is service_type:
+        return True
+    if isinstance(annotation, str):
+        name = service_type if isinstance(service_type, str) else getattr(service_type, "__name__", None)
+        text = annotation.strip("'\"")
+        return name is not None and (text == name or text.endswith("." + name) or text.startswith("Annotated[" + name))
+    return False
+
+
+def _match(
+    plans: list[ServicePlan], parameters: typing.Mapping[str, inspect.Parameter], hints: dict[str, Any], what: str
+) -> list[tuple[str, ServicePlan]]:
+    injectable = {
+        name: p
+        for name, p in parameters.items()
+        if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    }
+    targets: list[tuple[str, ServicePlan]] = []
+    owner: dict[str, ServicePlan] = {}
+    for plan in plans:
+        by_type = [n for n, p in injectable.items() if _annotation_matches(hints.get(n, p.annotation), plan)]
+        if len(by_type) > 1:
+            raise InjectionError(
+                f"{what}: parameters {', '.join(map(repr, by_type))} are all annotated {plan.label}; "
+                "uow cannot tell which one to fill: keep one"
+            )
+        chosen = by_type[0] if by_type else _match_by_name(plan, injectable, hints)
+        if chosen is None:
+            raise InjectionError(
+                f"{what} has no parameter for service {plan.label}: add a parameter annotated "
+                f"with it, or named {plan.names[0]!r}"
+            )
+        if chosen in owner:
+            raise InjectionError(
+                f"{what}: services {owner[chosen].label} and {plan.label} both want parameter {chosen!r}; "
+                "give each its own parameter"
+            )
+        owner[chosen] = plan
+        targets.append((chosen, plan))
+    return targets
+
+
+def _match_by_name(
+    plan: ServicePlan, injectable: typing.Mapping[str, inspect.Parameter], hints: dict[str, Any]
+) -> str | None:
+    for name in plan.names:
+        parameter = injectable.get(name)
+        if parameter is None:
+            continue
+        annotation = hints.get(name, parameter.annotation)
+        if annotation is inspect.Parameter.empty or annotation is Any:
+            return name
+    return None
+
+
+def _wants_session(parameter: inspect.Parameter, annotation: Any) -> bool:
+    if parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+        return False
+    if annotation is inspect.Parameter.empty:
+        return parameter.name in SESSION_PARAM_NAMES
+    return is_session_annotation(annotation)
+
+
+# -- calling ----------------------------------------------------------------------------------
+
+
+def _pop_caller_keywords(plan: FunctionPlan, kwargs: dict[str, Any]) -> tuple[Any, Transaction | None, dict[str, Any]]:
+    session = kwargs.pop("session", None)
+    connection = kwargs.pop("connection", None)
+    request_tx = None
+    if connection is not None:
+        if session is not None:
+            raise ValueError(BOTH_SESSION_AND_CONNECTION)
+        request_tx = resolve_connection(connection, what=plan.what)
+    supplied: dict[str, Any] = {}
+    if kwargs:
+        for name in plan.target_names:
+            if name in kwargs:
+                supplied[name] = kwargs.pop(name)
+    return session, request_tx, supplied
+
+
+def _layout(
+    plan: FunctionPlan, args: tuple[Any, ...], kwargs: dict[str, Any], values: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Place injected values: positionally where the caller's positional arguments come after them, else by keyword."""
+    kwargs = {**kwargs, **values} if values else kwargs
+    if args and plan.positional_targets:
+        call_args = list(args)
+        for index, name in plan.positional_targets:
+            if len(call_args) > index:
+                call_args.insert(index, kwargs.pop(name))
+            else:
+                break
+        return tuple(call_args), kwargs
+    return args, kwargs
+
+
+def _seed_cache(plan: FunctionPlan, supplied: dict[str, Any]) -> dict[Any, Any]:
+    cache: dict[Any, Any] = {}
+    for name, service_plan in plan.targets:
+        if name in supplied:
+            key = service_plan.service_type if service_plan.service_type is not None else service_plan.provider
+            cache[key] = supplied[name]
+    return cache
+
+
+def _can_retry(plan: FunctionPlan, session: Any, request_tx: Transaction | None) -> bool:
+    if plan.retry is None or session is not None or request_tx is not None:
+        return False
+    if plan.spec.propagation is Propagation.REQUIRES_NEW:
+        return True
+    database = plan.spec.database if plan.spec.database is not None else get_default_database()
+    return database is not None and find_frame(database) is None
+
+
+def _log_retry(plan: FunctionPlan, attempt: int, exc: BaseException, delay: float) -> None:
+    assert plan.retry is not None
+    logger.warning(
+        "uow: %s failed on attempt %d of %d with %s: %s; running it again in %.3fs",
+        plan.what,
+        attempt,
+        plan.retry.attempts,
+        type(exc).__name__,
+        exc,
+        delay,
+    )
+
+
+def call_sync(plan: FunctionPlan, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    session, request_tx, supplied = _pop_caller_keywords(plan, kwargs)
+    if not _can_retry(plan, session, request_tx):
+        return _attempt_sync(plan, args, kwargs, session, request_tx, supplied)
+    assert plan.retry is not None
+    attempt = 1
+    while True:
+        try:
+            return _attempt_sync(plan, args, kwargs, session, request_tx, supplied)
+        except Exception as exc:
+            if not plan.retry.should_retry(exc, attempt):
+                raise
+            delay = plan.retry.delay(attempt)
+            _log_retry(plan, attempt, exc, delay)
+            time.sleep(delay)
+            attempt += 1
+
+
+def _attempt_sync(
+    plan: FunctionPlan,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    session: Any,
+    request_tx: Transaction | None,
+    supplied: dict[str, Any],
+) -> Any:
+    unit, unit_session = enter_sync(plan.spec, session=session, request_tx=request_tx)
+    closers: list[Any] = []
+    try:
+        values = _values_sync(plan, unit_session, supplied, closers)
+        call_args, call_kwargs = _layout(plan, args, kwargs, values)
+        result = plan.fn(*call_args, **call_kwargs)
+    except BaseException as exc:
+        _fail_sync(unit, closers, exc)
+        raise
+    _succeed_sync(unit, closers)
+    return result
+
+
+def _values_sync(plan: FunctionPlan, session: Any, supplied: dict[str, Any], closers: list[Any]) -> dict[str, Any]:
+    values: dict[str, Any] = dict.fromkeys(plan.session_params, session)
+    if not plan.targets:
+        return values
+    cache = _seed_cache(plan, supplied) if supplied else {}
+    pending = [(name, p) for name, p in plan.targets if name not in supplied]
+    built = build_sync([p for _, p in pending], session, cache, closers)
+    values.update(zip((name for name, _ in pending), built, strict=True))
+    values.update(supplied)
+    return values
+
+
+def _fail_sync(unit: ActiveUnit, closers: list[Any], exc: BaseException) -> None:
+    if closers:
+        try:
+            close_sync(closers, exc)
+        except BaseException as close_error:
+            _note(exc, "finishing a provider", close_error)
+    exit_sync(unit, exc)
+
+
+def _succeed_sync(unit: ActiveUnit, closers: list[Any]) -> None:
+    if closers:
+        try:
+            close_sync(closers, None)
+        except BaseException as exc:
+            exit_sync(unit, exc)
+            raise
+    exit_sync(unit, None)
+
+
+async def call_async(plan: FunctionPlan, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    session, request_tx, supplied = _pop_caller_keywords(plan, kwargs)
+    if not _can_retry(plan, session, request_tx):
+        return await _attempt_async(plan, args, kwargs, session, request_tx, supplied)
+    assert plan.retry is not None
+    attempt = 1
+    while True:
+        try:
+            return await _attempt_async(plan, args, kwargs, session, request_tx, supplied)
+        except Exception as exc:
+            if not plan.retry.should_retry(exc, attempt):
+                raise
+            delay = plan.retry.delay(attempt)
+            _log_retry(plan, attempt, exc, delay)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+
+async def _attempt_async(
+    plan: FunctionPlan,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    session: Any,
+    request_tx: Transaction | None,
+    supplied: dict[str, Any],
+) -> Any:
+    unit, unit_session = await enter_async(plan.spec, session=session, request_tx=request_tx)
+    closers: list[Any] = []
+    try:
+        values = await _values_async(plan, unit_session, supplied, closers)
+        call_args, call_kwargs = _layout(plan, args, kwargs, values)
+        result = await plan.fn(*call_args, **call_kwargs)
+    except BaseException as exc:
+        await _fail_async(unit, closers, exc)
+        raise
+    await _succeed_async(unit, closers)
+    return result
+
+
+async def _values_async(
+    plan: FunctionPlan, session: Any, supplied: dict[str, Any], closers: list[Any]
+) -> dict[str, Any]:
+    values: dict[str, Any] = dict.fromkeys(plan.session_params, session)
+    if not plan.targets:
+        return values
+    cache = _seed_cache(plan, supplied) if supplied else {}
+    pending = [(name, p) for name, p in plan.targets if name not in supplied]
+    built = await build_async([p for _, p in pending], session, cache, closers)
+    values.update(zip((name for name, _ in pending), built, strict=True))
+    values.update(supplied)
+    return values
+
+
+async def _fail_async(unit: ActiveUnit, closers: list[Any], exc: BaseException) -> None:
+    if closers:
+        try:
+            await close_async(closers, exc)
+        except BaseException as close_error:
+            _note(exc, "finishing a provider", close_error)
+    await exit_async(unit, exc)
+
+
+async def _succeed_async(unit: ActiveUnit, closers: list[Any]) -> None:
+    if closers:
+        try:
+            await close_async(closers, None)
+        except BaseException as exc:
+            await exit_async(unit, exc)
+            raise
+    await exit_async(unit, None)
+
+
+def _note(primary: BaseException, doing: str, secondary: BaseException) -> None:
+    logger.error("uow: %s failed while handling %r", doing, primary, exc_info=secondary)
+    add_note = getattr(primary, "add_note", None)
+    if add_note is not None:
+        add_note(f"uow: {doing} also failed: {secondary!r}")
+
+
+# -- wrapping ---------------------------------------------------------------------------------
+
+
+def wrap(plan: FunctionPlan) -> Callable[..., Any]:
+    """A new function with `plan.fn`'s metadata and its visible signature; the original is left untouched."""
+    fn = plan.fn
+    wrapper: Callable[..., Any]
+    if plan.is_async:
+
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            return await call_async(plan, args, kwargs)
+
+        wrapper = async_wrapper
+    else:
+
+        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            return call_sync(plan, args, kwargs)
+
+        wrapper = sync_wrapper
+    functools.update_wrapper(wrapper, fn)
+    wrapper.__annotations__ = dict(plan.visible_annotations)
+    vars(wrapper).update(__signature__=plan.visible_signature, __uow_plan__=plan)
+    return wrapper
+
+
+def decorate(
+    target: Any,
+    services: Sequence[Any],
+    *,
+    database: Database | None,
+    propagation: Propagation | str,
+    read_only: bool,
+    isolation_level: str | None,
+    retry: Retry | int | None,
+    decorator: str,
+) -> Any:
+    """Decorate a function, method, classmethod or staticmethod."""
+    if isinstance(target, (classmethod, staticmethod)):
+        inner = decorate(
+            target.__func__,
+            services,
+            database=database,
+            propagation=propagation,
+            read_only=read_only,
+            isolation_level=isolation_level,
+            retry=retry,
+            decorator=decorator,
+        )
+        return type(target)(inner)
+    plan = plan_function(
+        target,
+        services,
+        database=database,
+        propagation=propagation,
+        read_only=read_only,
+        isolation_level=isolation_level,
+        retry=retry,
+        decorator=decorator,
+    )
+    return wrap(plan)

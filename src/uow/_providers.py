@@ -1,0 +1,466 @@
+"""Turning what was passed to `with_services` (classes or provider callables) into instances.
+
+Everything that needs `inspect` happens in `plan_service`, once, at decoration time;
+`build_sync` / `build_async` only call what the plan says.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import contextlib
+import contextvars
+import inspect
+import re
+import typing
+from collections.abc import AsyncGenerator, Generator, Iterator, Mapping
+from typing import Any, Union
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session
+from sqlalchemy.orm import Session, scoped_session
+
+from uow.errors import InjectionError
+
+__all__ = ["ServicePlan", "build_async", "build_sync", "close_async", "close_sync", "plan_service"]
+
+_SESSION_TYPES: tuple[type, ...] = (Session, AsyncSession, scoped_session, async_scoped_session)
+SESSION_PARAM_NAMES = frozenset({"session", "db_session"})
+
+_WRAPPER_ORIGINS = {
+    collections.abc.Iterator: 0,
+    collections.abc.Iterable: 0,
+    collections.abc.Generator: 0,
+    collections.abc.AsyncIterator: 0,
+    collections.abc.AsyncIterable: 0,
+    collections.abc.AsyncGenerator: 0,
+    collections.abc.Awaitable: 0,
+    collections.abc.Coroutine: 2,
+}
+
+# What tests and callers swap in: service type -> replacement class, provider or instance.
+_overrides: contextvars.ContextVar[Mapping[Any, Any] | None] = contextvars.ContextVar("uow_overrides", default=None)
+
+# Provider kinds
+CLASS, CALL, CORO, GEN, AGEN = range(5)
+
+_SESSION = object()  # marks a constructor argument that receives the unit's session
+
+
+class ServicePlan:
+    """How to build one service: its type, its name for matching, and how to call it."""
+
+    __slots__ = ("arguments", "kind", "names", "provider", "service_type", "takes_session")
+
+    def __init__(
+        self,
+        provider: Any,
+        service_type: Any,
+        names: tuple[str, ...],
+        kind: int,
+        arguments: tuple[tuple[str, Any], ...] = (),
+        takes_session: bool = True,
+    ) -> None:
+        self.provider = provider
+        self.service_type = service_type
+        self.names = names
+        self.kind = kind
+        self.arguments = arguments  # for classes: (keyword, _SESSION or ServicePlan)
+        self.takes_session = takes_session  # for providers: whether to pass the session positionally
+
+    @property
+    def label(self) -> str:
+        return describe(self.provider)
+
+    @property
+    def is_async_only(self) -> bool:
+        return self.kind in (CORO, AGEN) or any(
+            isinstance(source, ServicePlan) and source.is_async_only for _, source in self.arguments
+        )
+
+
+def describe(obj: object) -> str:
+    module = getattr(obj, "__module__", None)
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or repr(obj)
+    return f"{module}.{name}" if module and module != "builtins" else str(name)
+
+
+def snake_case(name: str) -> str:
+    """`UserService` -> `user_service`, `HTTPClient` -> `http_client`."""
+    name = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", name)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
+
+
+def is_session_annotation(annotation: Any) -> bool:
+    """True for Session/AsyncSession (and subclasses, scoped sessions, unions and Annotated of them)."""
+    annotation = unwrap_annotated(annotation)
+    if isinstance(annotation, str):
+        bare = annotation.replace("Optional[", "").rstrip("]").split("|")[0].strip().split(".")[-1]
+        return bare in {"Session", "AsyncSession"}
+    if isinstance(annotation, type):
+        return issubclass(annotation, _SESSION_TYPES)
+    if typing.get_origin(annotation) in (Union, getattr(__import__("types"), "UnionType", Union)):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bool(members) and all(is_session_annotation(a) for a in members)
+    origin = typing.get_origin(annotation)
+    return isinstance(origin, type) and issubclass(origin, _SESSION_TYPES)
+
+
+def unwrap_annotated(annotation: Any) -> Any:
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
+
+
+def plan_service(provider: Any, *, for_async: bool, owner: str) -> ServicePlan:
+    """Plan how to build `provider` (a class or a provider callable) at decoration time."""
+    if isinstance(provider, type):
+        return _plan_class(provider, for_async=for_async, owner=owner, stack=())
+    if not callable(provider):
+        raise InjectionError(
+            f"{owner}: {provider!r} is not a service: pass a service class or a provider callable "
+            "that takes the session and returns (or yields) the service"
+        )
+    return _plan_provider(provider, for_async=for_async, owner=owner)
+
+
+def _plan_provider(provider: Any, *, for_async: bool, owner: str) -> ServicePlan:
+    kind = _provider_kind(provider)
+    if kind in (CORO, AGEN) and not for_async:
+        raise InjectionError(
+            f"{owner} is sync but its provider {describe(provider)} is async: "
+            "make the function 'async def' or give it a sync provider"
+        )
+    service_type = provider_type(provider)
+    names: list[str] = []
+    if isinstance(service_type, type):
+        names.append(snake_case(service_type.__name__))
+    elif isinstance(service_type, str):
+        names.append(snake_case(service_type.split(".")[-1]))
+    name = getattr(provider, "__name__", "")
+    if name.startswith("provide_"):
+        names.append(name[len("provide_") :])
+    if not names:
+        raise InjectionError(
+            f"{owner}: cannot tell which service {describe(provider)} provides: give it a return annotation "
+            "(-> UserService, -> AsyncIterator[UserService]) or name it provide_<parameter_name>"
+        )
+    return ServicePlan(provider, service_type, tuple(dict.fromkeys(names)), kind, (), _accepts_positional(provider))
+
+
+def _provider_kind(provider: Any) -> int:
+    target = provider
+    if not inspect.isfunction(target) and not inspect.ismethod(target):
+        target = getattr(provider, "__call__", provider)  # noqa: B004 - callables with __call__
+    if inspect.isasyncgenfunction(target):
+        return AGEN
+    if inspect.isgeneratorfunction(target):
+        return GEN
+    if inspect.iscoroutinefunction(target):
+        return CORO
+    return CALL
+
+
+def _accepts_positional(provider: Any) -> bool:
+    try:
+        parameters = inspect.signature(provider).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in parameters)
+
+
+def provider_type(provider: Any) -> Any:
+    """The service type a provider returns, unwrapped from Iterator/AsyncIterator/Awaitable/...; None if unknown."""
+    try:
+        annotation = inspect.signature(provider).return_annotation
+    except (TypeError, ValueError):
+        return None
+    if annotation is inspect.Signature.empty:
+        return None
+    if isinstance(annotation, str):
+        annotation = _evaluate(annotation, provider)
+    return _unwrap_return(annotation)
+
+
+def _unwrap_return(annotation: Any) -> Any:
+    annotation = unwrap_annotated(annotation)
+    origin = typing.get_origin(annotation)
+    if origin in _WRAPPER_ORIGINS:
+        args = typing.get_args(annotation)
+        if args:
+            return _unwrap_return(args[_WRAPPER_ORIGINS[origin]])
+    if isinstance(annotation, str):
+        for wrapper in ("AsyncGenerator", "AsyncIterator", "Generator", "Iterator", "Awaitable"):
+            if annotation.startswith(wrapper + "["):
+                return annotation[len(wrapper) + 1 :].split(",")[0].rstrip("]").strip()
+    return annotation
+
+
+def _evaluate(annotation: str, owner: Any) -> Any:
+    namespace = getattr(inspect.unwrap(owner), "__globals__", {})
+    try:
+        return eval(annotation, dict(namespace))  # noqa: S307 - evaluating the user's own annotation
+    except Exception:
+        return annotation
+
+
+def _plan_class(cls: type, *, for_async: bool, owner: str, stack: tuple[type, ...]) -> ServicePlan:
+    if cls in stack:
+        chain = " -> ".join(c.__name__ for c in (*stack, cls))
+        raise InjectionError(f"{owner}: services depend on each other in a cycle: {chain}")
+    parameters, hints = _constructor_parameters(cls)
+    arguments: list[tuple[str, Any]] = []
+    if parameters is None:
+        arguments.append(("session", _SESSION))
+    else:
+        for parameter in parameters:
+            source = _constructor_source(cls, parameter, hints, for_async=for_async, owner=owner, stack=(*stack, cls))
+            if source is not None:
+                arguments.append((parameter.name, source))
+    return ServicePlan(cls, cls, (snake_case(cls.__name__),), CLASS, tuple(arguments))
+
+
+def _constructor_parameters(cls: type) -> tuple[list[inspect.Parameter] | None, dict[str, Any]]:
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):
+        return None, {}
+    init = cls.__init__  # type: ignore[misc]
+    try:
+        hints = typing.get_type_hints(init, include_extras=True)
+    except Exception:
+        hints = {}
+    params = [p for p in signature.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return params, hints
+
+
+def _constructor_source(
+    cls: type,
+    parameter: inspect.Parameter,
+    hints: Mapping[str, Any],
+    *,
+    for_async: bool,
+    owner: str,
+    stack: tuple[type, ...],
+) -> Any:
+    annotation = hints.get(parameter.name, parameter.annotation)
+    if parameter.kind is parameter.POSITIONAL_ONLY:
+        if parameter.default is not parameter.empty:
+            return None
+        raise InjectionError(
+            f"{owner}: {describe(cls)}() takes {parameter.name!r} positional-only; uow builds services with "
+            "keyword arguments: make it a normal parameter, or pass a provider function instead of the class"
+        )
+    if annotation is parameter.empty:
+        if parameter.name in SESSION_PARAM_NAMES:
+            return _SESSION
+    elif is_session_annotation(annotation) or (parameter.name in SESSION_PARAM_NAMES and _mentions_session(annotation)):
+        return _SESSION
+    dependency = unwrap_annotated(annotation)
+    if parameter.default is not parameter.empty:
+        return None
+    if isinstance(dependency, type) and _is_buildable(dependency):
+        return _plan_class(dependency, for_async=for_async, owner=owner, stack=stack)
+    raise InjectionError(
+        f"{owner}: cannot build {describe(cls)}: its parameter {parameter.name!r} "
+        f"({_annotation_text(annotation)}) is neither a session nor a service uow can build; give it a default, "
+        "or pass a provider function that builds the service"
+    )
+
+
+def _mentions_session(annotation: Any) -> bool:
+    text = annotation if isinstance(annotation, str) else repr(annotation)
+    return "Session" in text
+
+
+def _is_buildable(cls: type) -> bool:
+    return cls.__module__ != "builtins" and not issubclass(cls, _SESSION_TYPES)
+
+
+def _annotation_text(annotation: Any) -> str:
+    if annotation is inspect.Parameter.empty:
+        return "no annotation"
+    return getattr(annotation, "__name__", None) or str(annotation)
+
+
+# -- building at call time ------------------------------------------------------------------
+
+
+def _override_for(plan: ServicePlan) -> Any:
+    overrides = _overrides.get()
+    if overrides is None:
+        return _NO_OVERRIDE
+    return overrides.get(plan.service_type, overrides.get(plan.provider, _NO_OVERRIDE))
+
+
+_NO_OVERRIDE = object()
+
+
+def build_sync(
+    plans: typing.Sequence[ServicePlan], session: Any, cache: dict[Any, Any], closers: list[Any]
+) -> list[Any]:
+    """Instances for `plans`, sharing `cache` (type -> instance); generators to finish go to `closers`."""
+    return [_build_one_sync(plan, session, cache, closers) for plan in plans]
+
+
+def _build_one_sync(plan: ServicePlan, session: Any, cache: dict[Any, Any], closers: list[Any]) -> Any:
+    key = plan.service_type if plan.service_type is not None else plan.provider
+    if key in cache:
+        return cache[key]
+    replacement = _override_for(plan)
+    if replacement is not _NO_OVERRIDE:
+        instance = _build_replacement_sync(replacement, session, closers)
+    elif plan.kind == CLASS:
+        kwargs = {
+            name: session if source is _SESSION else _build_one_sync(source, session, cache, closers)
+            for name, source in plan.arguments
+        }
+        instance = plan.provider(**kwargs)
+    else:
+        result = plan.provider(session) if plan.takes_session else plan.provider()
+        instance = _unpack_sync(plan, result, closers)
+    cache[key] = instance
+    return instance
+
+
+def _unpack_sync(plan: ServicePlan, result: Any, closers: list[Any]) -> Any:
+    if isinstance(result, Generator):
+        instance = next(result)
+        closers.append(result)
+        return instance
+    if inspect.isawaitable(result) or isinstance(result, AsyncGenerator):
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+        raise InjectionError(
+            f"provider {plan.label} returned {type(result).__name__} inside a sync unit: "
+            "use a sync provider, or make the decorated function 'async def'"
+        )
+    return result
+
+
+def _build_replacement_sync(replacement: Any, session: Any, closers: list[Any]) -> Any:
+    if isinstance(replacement, type):
+        plan = _plan_class(replacement, for_async=False, owner="override", stack=())
+        return _build_one_sync(plan, session, {}, closers)
+    return replacement
+
+
+async def build_async(
+    plans: typing.Sequence[ServicePlan], session: Any, cache: dict[Any, Any], closers: list[Any]
+) -> list[Any]:
+    """Instances for `plans`, sharing `cache` (type -> instance); generators to finish go to `closers`."""
+    return [await _build_one_async(plan, session, cache, closers) for plan in plans]
+
+
+async def _build_one_async(plan: ServicePlan, session: Any, cache: dict[Any, Any], closers: list[Any]) -> Any:
+    key = plan.service_type if plan.service_type is not None else plan.provider
+    if key in cache:
+        return cache[key]
+    replacement = _override_for(plan)
+    if replacement is not _NO_OVERRIDE:
+        instance = await _build_replacement_async(replacement, session, closers)
+    elif plan.kind == CLASS:
+        kwargs = {}
+        for name, source in plan.arguments:
+            kwargs[name] = session if source is _SESSION else await _build_one_async(source, session, cache, closers)
+        instance = plan.provider(**kwargs)
+    else:
+        result = plan.provider(session) if plan.takes_session else plan.provider()
+        instance = await _unpack_async(result, closers)
+    cache[key] = instance
+    return instance
+
+
+async def _unpack_async(result: Any, closers: list[Any]) -> Any:
+    if isinstance(result, AsyncGenerator):
+        instance = await result.__anext__()
+        closers.append(result)
+        return instance
+    if isinstance(result, Generator):
+        instance = next(result)
+        closers.append(result)
+        return instance
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+async def _build_replacement_async(replacement: Any, session: Any, closers: list[Any]) -> Any:
+    if isinstance(replacement, type):
+        plan = _plan_class(replacement, for_async=True, owner="override", stack=())
+        return await _build_one_async(plan, session, {}, closers)
+    return replacement
+
+
+# -- finishing generators -------------------------------------------------------------------
+
+
+def close_sync(closers: list[Any], exc: BaseException | None) -> None:
+    """Finish provider generators, last opened first: run to the end, or throw the unit's error into them."""
+    error: BaseException | None = None
+    for generator in reversed(closers):
+        try:
+            _finish_generator(generator, exc)
+        except BaseException as failure:
+            if failure is not exc and error is None:
+                error = failure
+    closers.clear()
+    if error is not None:
+        raise error
+
+
+def _finish_generator(generator: Iterator[Any], exc: BaseException | None) -> None:
+    assert isinstance(generator, Generator)
+    try:
+        if exc is None:
+            next(generator)
+        else:
+            generator.throw(exc)
+    except StopIteration:
+        return
+    generator.close()
+    raise RuntimeError(f"provider generator {generator!r} yielded more than once; a provider must yield exactly once")
+
+
+async def close_async(closers: list[Any], exc: BaseException | None) -> None:
+    """Finish provider generators (sync and async), last opened first."""
+    error: BaseException | None = None
+    for generator in reversed(closers):
+        try:
+            if isinstance(generator, AsyncGenerator):
+                await _finish_async_generator(generator, exc)
+            else:
+                _finish_generator(generator, exc)
+        except BaseException as failure:
+            if failure is not exc and error is None:
+                error = failure
+    closers.clear()
+    if error is not None:
+        raise error
+
+
+async def _finish_async_generator(generator: AsyncGenerator[Any, None], exc: BaseException | None) -> None:
+    try:
+        if exc is None:
+            await generator.__anext__()
+        else:
+            await generator.athrow(exc)
+    except StopAsyncIteration:
+        return
+    await generator.aclose()
+    raise RuntimeError(f"provider generator {generator!r} yielded more than once; a provider must yield exactly once")
+
+
+@contextlib.contextmanager
+def override(service: Any, replacement: Any) -> Generator[None, None, None]:
+    """Within the block, every unit builds `replacement` wherever `service` was asked for.
+
+    `replacement` is a class (built like a service, with the unit's session) or an
+    instance (used as is). Works with ``with`` in sync and async code; the override is
+    held in a context variable, so concurrent tasks each see their own.
+    """
+    current = _overrides.get() or {}
+    token = _overrides.set({**current, service: replacement})
+    try:
+        yield
+    finally:
+        _overrides.reset(token)

@@ -1,0 +1,114 @@
+"""`Retry` policies and `is_transient`: which failures are worth running a whole unit again for."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from sqlalchemy.exc import DBAPIError
+
+from uow.errors import ConfigurationError
+
+__all__ = ["Retry", "is_transient", "parse_retry"]
+
+_PG_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+_MYSQL_TRANSIENT_CODES = frozenset({1213, 1205})  # ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT
+_SQLITE_TRANSIENT_MESSAGES = ("database is locked", "database table is locked")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures worth re-running the whole unit for.
+
+    Serialization failures and deadlocks (PostgreSQL 40001/40P01, MySQL/MariaDB 1213/1205),
+    SQLite's "database is locked", and connections the driver reported as dropped.
+    A constraint violation, or anything else, is not transient.
+    """
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:  # pyright: ignore[reportAttributeAccessIssue]
+        return True
+    return any(_is_transient_driver_error(error) for error in _driver_errors(exc))
+
+
+def _driver_errors(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, the driver error SQLAlchemy wrapped, and what that driver error was raised from."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        error = pending.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        yield error
+        orig = getattr(error, "orig", None)
+        pending.extend([orig if isinstance(orig, BaseException) else None, error.__cause__])
+
+
+def _is_transient_driver_error(error: BaseException) -> bool:
+    for attribute in ("sqlstate", "pgcode"):  # asyncpg and psycopg 3 / psycopg2
+        code = getattr(error, attribute, None)
+        if isinstance(code, str) and code in _PG_TRANSIENT_SQLSTATES:
+            return True
+    module = type(error).__module__
+    if module.startswith(("pymysql", "aiomysql", "asyncmy", "MySQLdb", "mysql")) or _looks_like_mysql(error):
+        args = getattr(error, "args", ())
+        if args and isinstance(args[0], int) and args[0] in _MYSQL_TRANSIENT_CODES:
+            return True
+    if module.startswith(("sqlite3", "aiosqlite")) or type(error).__name__ == "OperationalError":
+        message = str(error).lower()
+        if any(text in message for text in _SQLITE_TRANSIENT_MESSAGES):
+            return True
+    return False
+
+
+def _looks_like_mysql(error: BaseException) -> bool:
+    # SQLAlchemy's async adapters re-raise driver errors as their own classes carrying the driver's args.
+    return "mysql" in type(error).__module__ or "asyncmy" in repr(type(error))
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Run a unit that owns its transaction again when it fails with a transient error.
+
+    Waits ``backoff * 2**(attempt-1)`` seconds (at most ``max_backoff``) between attempts,
+    scattered by jitter so that competing units do not collide again in step.
+    """
+
+    attempts: int = 3
+    backoff: float = 0.05
+    max_backoff: float = 2.0
+    jitter: bool = True
+    retry_on: Callable[[BaseException], bool] = field(default=is_transient)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
+            raise ConfigurationError(
+                f"Retry(attempts={self.attempts!r}): attempts must be a whole number of at least 1 (1 means no retry)"
+            )
+        if self.backoff < 0 or self.max_backoff < 0:
+            raise ConfigurationError(
+                f"Retry(backoff={self.backoff!r}, max_backoff={self.max_backoff!r}): delays cannot be negative"
+            )
+        if not callable(self.retry_on):
+            raise ConfigurationError("Retry(retry_on=...) needs a callable taking the exception and returning bool")
+
+    def should_retry(self, exc: BaseException, attempt: int) -> bool:
+        """Whether to run again after `attempt` (1-based) failed with `exc`."""
+        return attempt < self.attempts and isinstance(exc, Exception) and bool(self.retry_on(exc))
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed `attempt` (1-based)."""
+        delay = float(min(self.max_backoff, self.backoff * (2 ** (attempt - 1))))
+        if self.jitter:
+            delay *= 0.5 + random.random() / 2  # noqa: S311 - jitter, not cryptography
+        return delay
+
+
+def parse_retry(retry: Retry | int | None, *, what: str) -> Retry | None:
+    """`retry=` as given to a decorator: a `Retry`, an attempt count, or None."""
+    if retry is None or isinstance(retry, Retry):
+        return retry
+    if isinstance(retry, int) and not isinstance(retry, bool):
+        if retry < 1:
+            raise ConfigurationError(f"{what}: retry={retry} must be at least 1 (the number of attempts)")
+        return Retry(attempts=retry)
+    raise ConfigurationError(f"{what}: retry= needs a uow.Retry(...) or a number of attempts, got {retry!r}")
