@@ -57,8 +57,8 @@ def main(argv: list[str]) -> int:
 
 def lint(python: str) -> int:
     checks = [
-        [python, "-m", "ruff", "check", "src", "examples", "tests", "benchmarks"],
-        [python, "-m", "ruff", "format", "--check", "src", "examples", "tests", "benchmarks"],
+        [python, "-m", "ruff", "check", "src", "examples", "tests", "benchmarks", "dev.py"],
+        [python, "-m", "ruff", "format", "--check", "src", "examples", "tests", "benchmarks", "dev.py"],
         [python, "-m", "mypy"],
         [python, "-m", "pyright", "--pythonpath", python],
     ]
