@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from types import TracebackType
 from typing import Any, Concatenate, Generic, TypeVar, Union, overload
 
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 from typing_extensions import ParamSpec
 
 from uow._database import Database
@@ -299,8 +301,14 @@ class UnitOfWork:
         )
         self._active: list[ActiveUnit] = []
 
-    def __call__(self, fn: Callable[P, R], /) -> Callable[P, R]:
-        decorated: Callable[P, R] = decorate(
+    @overload
+    def __call__(self, fn: Callable[Concatenate[Session, P], R], /) -> Callable[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[Concatenate[AsyncSession, P], R], /) -> Callable[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Callable[P, R]: ...
+    def __call__(self, fn: Callable[..., R], /) -> Callable[..., R]:
+        decorated: Callable[..., R] = decorate(
             fn,
             (),
             database=self.database,
