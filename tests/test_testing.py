@@ -1,0 +1,547 @@
+"""uow.testing: the pytest plugin, proven by running small suites with pytester, on SQLite and PostgreSQL.
+
+The inner suites use the conftest.py blocks of docs/testing.md verbatim (with `myapp` renamed),
+so the documentation a user copies is the code under test. Each inner suite runs in a
+subprocess: its own event loop, its own process-wide uow state.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import URL
+
+from tests import servers
+
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs" / "testing.md"
+SRC = ROOT / "src"
+
+
+def plugin_args() -> list[str]:
+    """Load the plugin explicitly unless the installed package already registers it (pytest11 entry point)."""
+    installed = [ep for ep in importlib.metadata.entry_points(group="pytest11") if ep.value == "uow.testing"]
+    return [] if installed else ["-p", "uow.testing"]
+
+
+def docs_conftest(kind: str, package: str) -> str:
+    """The `kind` ('sync' or 'async') conftest.py of docs/testing.md, importing from `package` instead of myapp."""
+    blocks = re.findall(r"```python\n(# conftest\.py\n.*?)```", DOCS.read_text(), re.S)
+    assert len(blocks) == 2, "docs/testing.md should hold a sync and an async conftest.py"
+    return blocks[0 if kind == "sync" else 1].replace("myapp.", f"{package}.")
+
+
+SYNC_APP = {
+    "syncapp/__init__.py": "",
+    "syncapp/db.py": """
+        import os
+        import uow
+
+        database = uow.Database(os.environ["UOW_INNER_SYNC_URL"])
+    """,
+    "syncapp/models.py": """
+        from sqlalchemy import String
+        from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+        class Base(DeclarativeBase):
+            pass
+
+        class Note(Base):
+            __tablename__ = "uow_testing_sync_notes"
+            id: Mapped[int] = mapped_column(primary_key=True)
+            text: Mapped[str] = mapped_column(String(100))
+    """,
+    "syncapp/services.py": """
+        from sqlalchemy import delete, select
+        from sqlalchemy.orm import Session
+        import uow
+        from syncapp.db import database
+        from syncapp.models import Note
+
+        class NoteService:
+            def __init__(self, session: Session) -> None:
+                self.session = session
+
+            def add(self, text: str) -> None:
+                self.session.add(Note(text=text))
+                self.session.flush()
+
+            def texts(self) -> list[str]:
+                return sorted(self.session.scalars(select(Note.text)))
+
+        class FakeNoteService(NoteService):
+            def texts(self) -> list[str]:
+                return ["fake"]
+
+        class Report:
+            def __init__(self, notes: NoteService) -> None:
+                self.notes = notes
+
+            def summary(self) -> str:
+                return ",".join(self.notes.texts())
+
+        class StaticReport:
+            def summary(self) -> str:
+                return "static"
+
+        @uow.with_services(NoteService, database=database)
+        def add_note(notes: NoteService, text: str) -> None:
+            notes.add(text)
+
+        @uow.with_services(NoteService, database=database, propagation="requires_new")
+        def add_note_in_new_unit(notes: NoteService, text: str) -> None:
+            notes.add(text)
+
+        @uow.with_services(NoteService, database=database)
+        def add_with_inner_new_unit(notes: NoteService, outer: str, inner: str) -> None:
+            notes.add(outer)
+            add_note_in_new_unit(inner)
+
+        @uow.with_services(NoteService, database=database, propagation="nested")
+        def add_note_then_fail(notes: NoteService, text: str) -> None:
+            notes.add(text)
+            raise RuntimeError("fails")
+
+        @uow.with_services(NoteService, database=database)
+        def add_and_recover(notes: NoteService, kept: str, lost: str) -> None:
+            notes.add(kept)
+            try:
+                add_note_then_fail(lost)
+            except RuntimeError:
+                pass
+
+        @uow.with_services(NoteService, database=database, read_only=True)
+        def note_texts(notes: NoteService) -> list[str]:
+            return notes.texts()
+
+        @uow.with_services(NoteService, database=database, read_only=True)
+        def write_in_read_only_unit(notes: NoteService, text: str) -> None:
+            notes.add(text)
+
+        @uow.with_services(NoteService, database=database, isolation_level="SERIALIZABLE")
+        def count_serializable(notes: NoteService) -> int:
+            return len(notes.texts())
+
+        @uow.with_services(Report, database=database)
+        def summary(report: Report) -> str:
+            return report.summary()
+
+        @uow.with_services(NoteService, database=database)
+        def add_note_then_notify(notes: NoteService, text: str, sent: list) -> None:
+            notes.add(text)
+            uow.on_commit(lambda: sent.append(text), database=database)
+
+        @uow.with_services(NoteService, database=database)
+        def add_note_notify_and_fail(notes: NoteService, text: str, sent: list) -> None:
+            notes.add(text)
+            uow.on_commit(lambda: sent.append(text), database=database)
+            raise RuntimeError("fails")
+
+        @uow.with_services(NoteService, database=database)
+        def delete_all_notes(notes: NoteService) -> None:
+            notes.session.execute(delete(Note))
+
+        def committed_texts() -> list[str]:
+            # A connection of its own sees only what was really committed.
+            with database.engine.connect() as connection:
+                return sorted(connection.exec_driver_sql("SELECT text FROM uow_testing_sync_notes").scalars())
+    """,
+}
+
+SYNC_TESTS = """
+    import pytest
+    import uow
+    from uow.testing import capture_on_commit
+    from syncapp.db import database
+    from syncapp.services import (
+        FakeNoteService, NoteService, Report, StaticReport, add_and_recover, add_note, add_note_notify_and_fail,
+        add_note_then_notify, add_with_inner_new_unit, committed_texts, count_serializable, delete_all_notes,
+        note_texts, summary, write_in_read_only_unit,
+    )
+
+    def test_a_writes():
+        add_note("a")
+        assert note_texts() == ["a"]
+        assert committed_texts() == []
+
+    def test_b_does_not_see_what_a_wrote():
+        assert note_texts() == []
+
+    def test_requires_new_unit_is_rolled_back_with_the_test():
+        add_with_inner_new_unit("outer", "inner")
+        assert note_texts() == ["inner", "outer"]
+        assert committed_texts() == []
+
+    def test_after_requires_new_nothing_is_left():
+        assert note_texts() == []
+
+    def test_nested_unit_rolls_back_its_savepoint_only():
+        add_and_recover("kept", "lost")
+        assert note_texts() == ["kept"]
+
+    def test_read_only_unit_refuses_writes_and_the_test_goes_on():
+        with pytest.raises(Exception):
+            write_in_read_only_unit("refused")
+        add_note("written")
+        assert note_texts() == ["written"]
+
+    def test_isolation_level_unit_runs_inside_the_test_transaction():
+        add_note("z")
+        assert count_serializable() == 1
+
+    def test_override_applies_to_dependencies_and_provide_services(uow_override):
+        add_note("real")
+        uow_override(NoteService, FakeNoteService)
+        assert summary() == "fake"
+        with uow.provide_services(NoteService, database=database) as (notes,):
+            assert isinstance(notes, FakeNoteService)
+        uow_override(Report, StaticReport())
+        assert summary() == "static"
+
+    def test_override_is_removed_after_the_test():
+        add_note("real")
+        assert summary() == "real"
+
+    def test_hooks_run_when_the_unit_commits_into_its_savepoint():
+        sent = []
+        add_note_then_notify("h", sent)
+        assert sent == ["h"]
+
+    def test_captured_hooks_run_only_when_asked(uow_captured_hooks):
+        sent = []
+        add_note_then_notify("kept", sent)
+        with pytest.raises(RuntimeError):
+            add_note_notify_and_fail("dropped", sent)
+        assert sent == []
+        assert len(uow_captured_hooks) == 1
+        uow_captured_hooks.run()
+        assert sent == ["kept"]
+        assert list(uow_captured_hooks) == []
+
+    def test_capture_block_and_execute():
+        sent = []
+        with capture_on_commit() as hooks:
+            add_note_then_notify("held", sent)
+        assert sent == [] and len(hooks) == 1
+        with capture_on_commit(execute=True):
+            add_note_then_notify("run at the end", sent)
+            assert sent == []
+        assert sent == ["run at the end"]
+
+    @pytest.mark.uow_commit
+    def test_opt_out_commits_for_real():
+        try:
+            add_note("really committed")
+            assert committed_texts() == ["really committed"]
+        finally:
+            delete_all_notes()
+
+    def test_nothing_was_left_behind():
+        assert committed_texts() == []
+        assert uow._unit.innermost_frame() is None
+"""
+SYNC_TEST_COUNT = 14
+
+ASYNC_APP = {
+    "asyncapp/__init__.py": "",
+    "asyncapp/db.py": """
+        import os
+        import uow
+
+        database = uow.Database(os.environ["UOW_INNER_ASYNC_URL"])
+    """,
+    "asyncapp/models.py": """
+        from sqlalchemy import String
+        from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+        class Base(DeclarativeBase):
+            pass
+
+        class Note(Base):
+            __tablename__ = "uow_testing_async_notes"
+            id: Mapped[int] = mapped_column(primary_key=True)
+            text: Mapped[str] = mapped_column(String(100))
+    """,
+    "asyncapp/services.py": """
+        import asyncio
+        from sqlalchemy import delete, select
+        from sqlalchemy.ext.asyncio import AsyncSession
+        import uow
+        from asyncapp.db import database
+        from asyncapp.models import Note
+
+        class NoteService:
+            def __init__(self, session: AsyncSession) -> None:
+                self.session = session
+
+            async def add(self, text: str) -> None:
+                self.session.add(Note(text=text))
+                await self.session.flush()
+
+            async def texts(self) -> list[str]:
+                return sorted(await self.session.scalars(select(Note.text)))
+
+        class FakeNoteService(NoteService):
+            async def texts(self) -> list[str]:
+                return ["fake"]
+
+        class Report:
+            def __init__(self, notes: NoteService) -> None:
+                self.notes = notes
+
+            async def summary(self) -> str:
+                return ",".join(await self.notes.texts())
+
+        class StaticReport:
+            def __init__(self, text: str = "static") -> None:
+                self.text = text
+
+            async def summary(self) -> str:
+                return self.text
+
+        @uow.with_services(NoteService, database=database)
+        async def add_note(notes: NoteService, text: str) -> None:
+            await notes.add(text)
+
+        @uow.with_services(NoteService, database=database, propagation="requires_new")
+        async def add_note_in_new_unit(notes: NoteService, text: str) -> None:
+            await notes.add(text)
+
+        @uow.with_services(NoteService, database=database)
+        async def add_with_inner_new_unit(notes: NoteService, outer: str, inner: str) -> None:
+            await notes.add(outer)
+            await add_note_in_new_unit(inner)
+
+        @uow.with_services(NoteService, database=database, propagation="nested")
+        async def add_note_then_fail(notes: NoteService, text: str) -> None:
+            await notes.add(text)
+            raise RuntimeError("fails")
+
+        @uow.with_services(NoteService, database=database)
+        async def add_and_recover(notes: NoteService, kept: str, lost: str) -> None:
+            await notes.add(kept)
+            try:
+                await add_note_then_fail(lost)
+            except RuntimeError:
+                pass
+
+        @uow.with_services(NoteService, database=database, read_only=True)
+        async def note_texts(notes: NoteService) -> list[str]:
+            return await notes.texts()
+
+        @uow.with_services(NoteService, database=database, read_only=True)
+        async def write_in_read_only_unit(notes: NoteService, text: str) -> None:
+            await notes.add(text)
+
+        @uow.with_services(NoteService, database=database, isolation_level="SERIALIZABLE")
+        async def count_serializable(notes: NoteService) -> int:
+            return len(await notes.texts())
+
+        @uow.with_services(Report, database=database)
+        async def summary(report: Report) -> str:
+            return await report.summary()
+
+        @uow.with_services(NoteService, database=database)
+        async def add_note_then_notify(notes: NoteService, text: str, sent: list) -> None:
+            await notes.add(text)
+
+            async def notify() -> None:
+                sent.append(text)
+
+            uow.on_commit(notify, database=database)
+
+        @uow.with_services(NoteService, database=database)
+        async def add_note_notify_and_fail(notes: NoteService, text: str, sent: list) -> None:
+            await notes.add(text)
+            uow.on_commit(lambda: sent.append(text), database=database)
+            raise RuntimeError("fails")
+
+        @uow.with_services(NoteService, database=database)
+        async def add_note_and_wait(notes: NoteService, text: str, started: asyncio.Event) -> None:
+            await notes.add(text)
+            started.set()
+            await asyncio.Event().wait()
+
+        @uow.with_services(NoteService, database=database)
+        async def delete_all_notes(notes: NoteService) -> None:
+            await notes.session.execute(delete(Note))
+
+        async def committed_texts() -> list[str]:
+            # A connection of its own sees only what was really committed.
+            async with database.engine.connect() as connection:
+                result = await connection.exec_driver_sql("SELECT text FROM uow_testing_async_notes")
+                return sorted(result.scalars())
+    """,
+}
+
+ASYNC_TESTS = """
+    import asyncio
+    import pytest
+    import uow
+    from uow.testing import capture_on_commit
+    from asyncapp.db import database
+    from asyncapp.services import (
+        FakeNoteService, NoteService, Report, StaticReport, add_and_recover, add_note, add_note_notify_and_fail,
+        add_note_then_notify, add_with_inner_new_unit, committed_texts, count_serializable, delete_all_notes,
+        note_texts, summary, write_in_read_only_unit,
+    )
+
+    async def test_a_writes():
+        await add_note("a")
+        assert await note_texts() == ["a"]
+        assert await committed_texts() == []
+
+    async def test_b_does_not_see_what_a_wrote():
+        assert await note_texts() == []
+
+    async def test_requires_new_unit_is_rolled_back_with_the_test():
+        await add_with_inner_new_unit("outer", "inner")
+        assert await note_texts() == ["inner", "outer"]
+        assert await committed_texts() == []
+
+    async def test_after_requires_new_nothing_is_left():
+        assert await note_texts() == []
+
+    async def test_nested_unit_rolls_back_its_savepoint_only():
+        await add_and_recover("kept", "lost")
+        assert await note_texts() == ["kept"]
+
+    async def test_read_only_unit_refuses_writes_and_the_test_goes_on():
+        with pytest.raises(Exception):
+            await write_in_read_only_unit("refused")
+        await add_note("written")
+        assert await note_texts() == ["written"]
+
+    async def test_isolation_level_unit_runs_inside_the_test_transaction():
+        await add_note("z")
+        assert await count_serializable() == 1
+
+    async def test_override_applies_to_dependencies_and_provide_services(uow_override):
+        await add_note("real")
+        uow_override(NoteService, FakeNoteService)
+        assert await summary() == "fake"
+        async with uow.provide_services(NoteService, database=database) as (notes,):
+            assert isinstance(notes, FakeNoteService)
+        uow_override(Report, StaticReport())
+        assert await summary() == "static"
+
+    async def test_override_is_removed_after_the_test():
+        await add_note("real")
+        assert await summary() == "real"
+
+    async def test_overrides_of_concurrent_tasks_do_not_mix():
+        async def summary_with(text):
+            with uow.override(Report, StaticReport(text)):
+                await asyncio.sleep(0)
+                return await summary()
+
+        assert await asyncio.gather(summary_with("one"), summary_with("two")) == ["one", "two"]
+
+    async def test_hooks_run_when_the_unit_commits_into_its_savepoint():
+        sent = []
+        await add_note_then_notify("h", sent)
+        assert sent == ["h"]
+
+    async def test_captured_hooks_run_only_when_asked(uow_captured_hooks):
+        sent = []
+        await add_note_then_notify("kept", sent)
+        with pytest.raises(RuntimeError):
+            await add_note_notify_and_fail("dropped", sent)
+        assert sent == []
+        assert len(uow_captured_hooks) == 1
+        await uow_captured_hooks.run_async()
+        assert sent == ["kept"]
+
+    async def test_capture_block_and_execute():
+        sent = []
+        async with capture_on_commit() as hooks:
+            await add_note_then_notify("held", sent)
+        assert sent == [] and len(hooks) == 1
+        async with capture_on_commit(execute=True):
+            await add_note_then_notify("run at the end", sent)
+            assert sent == []
+        assert sent == ["run at the end"]
+
+    @pytest.mark.uow_commit
+    async def test_opt_out_commits_for_real():
+        try:
+            await add_note("really committed")
+            assert await committed_texts() == ["really committed"]
+        finally:
+            await delete_all_notes()
+
+    async def test_nothing_was_left_behind():
+        assert await committed_texts() == []
+"""
+ASYNC_TEST_COUNT = 15
+
+INNER_INI = """
+    [pytest]
+    asyncio_mode = auto
+    asyncio_default_fixture_loop_scope = session
+    asyncio_default_test_loop_scope = session
+"""
+
+
+def write_tree(pytester: pytest.Pytester, files: dict[str, str]) -> None:
+    for name, content in files.items():
+        path = pytester.path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(content).lstrip())
+
+
+def prepare(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, *, sync_url: str, async_url: str) -> None:
+    """The inner project: both apps, the docs' conftests, and an environment pointing at the databases."""
+    write_tree(pytester, {**SYNC_APP, **ASYNC_APP})
+    write_tree(pytester, {"sync_tests/conftest.py": docs_conftest("sync", "syncapp")})
+    write_tree(pytester, {"async_tests/conftest.py": docs_conftest("async", "asyncapp")})
+    pytester.makeini(textwrap.dedent(INNER_INI))
+    path = os.pathsep.join([str(SRC), str(pytester.path), os.environ.get("PYTHONPATH", "")])
+    monkeypatch.setenv("PYTHONPATH", path)
+    monkeypatch.setenv("UOW_INNER_SYNC_URL", sync_url)
+    monkeypatch.setenv("UOW_INNER_ASYNC_URL", async_url)
+
+
+def run_inner(pytester: pytest.Pytester, *paths: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(*plugin_args(), "-p", "no:cacheprovider", "-v", *paths, timeout=300)
+
+
+def url_text(url: URL) -> str:
+    return url.render_as_string(hide_password=False)
+
+
+# -- rollback per test, overrides, hooks, opt-out: the same suites on each database --------------
+
+
+def test_plugin_on_sqlite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    prepare(
+        pytester,
+        monkeypatch,
+        sync_url=f"sqlite:///{tmp_path / 'sync.sqlite3'}",
+        async_url=f"sqlite+aiosqlite:///{tmp_path / 'async.sqlite3'}",
+    )
+    write_tree(pytester, {"sync_tests/test_sync_notes.py": SYNC_TESTS, "async_tests/test_async_notes.py": ASYNC_TESTS})
+    result = run_inner(pytester, "sync_tests", "async_tests")
+    result.assert_outcomes(passed=SYNC_TEST_COUNT + ASYNC_TEST_COUNT)
+
+
+@pytest.mark.postgres
+def test_plugin_on_postgresql(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, postgres_server: servers.Server
+) -> None:
+    prepare(
+        pytester,
+        monkeypatch,
+        sync_url=url_text(postgres_server.sync_url),
+        async_url=url_text(postgres_server.async_url),
+    )
+    write_tree(pytester, {"sync_tests/test_sync_notes.py": SYNC_TESTS, "async_tests/test_async_notes.py": ASYNC_TESTS})
+    result = run_inner(pytester, "sync_tests", "async_tests")
+    result.assert_outcomes(passed=SYNC_TEST_COUNT + ASYNC_TEST_COUNT)
