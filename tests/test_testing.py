@@ -7,6 +7,8 @@ subprocess: its own event loop, its own process-wide uow state.
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import importlib.metadata
 import os
 import re
@@ -14,9 +16,18 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+from sqlalchemy.orm import Session, sessionmaker
 
+import uow
 from tests import servers
+from tests.models import AsyncItemService, Base, Item, ItemService
+from uow._unit import innermost_frame
+from uow.errors import ConfigurationError
+from uow.testing import CapturedHooks, UnitLeftOpenError, bound_to_transaction, capture_on_commit
 
 pytest_plugins = ["pytester"]
 
@@ -513,6 +524,11 @@ def run_inner(pytester: pytest.Pytester, *paths: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess(*plugin_args(), "-p", "no:cacheprovider", "-v", *paths, timeout=300)
 
 
+def count_items(database: uow.Database) -> int:
+    with uow.provide_services(ItemService, database=database) as (items,):
+        return items.count()
+
+
 def url_text(url: URL) -> str:
     return url.render_as_string(hide_password=False)
 
@@ -545,3 +561,318 @@ def test_plugin_on_postgresql(
     write_tree(pytester, {"sync_tests/test_sync_notes.py": SYNC_TESTS, "async_tests/test_async_notes.py": ASYNC_TESTS})
     result = run_inner(pytester, "sync_tests", "async_tests")
     result.assert_outcomes(passed=SYNC_TEST_COUNT + ASYNC_TEST_COUNT)
+
+
+# -- clear failures: no database, a unit left open, the wrong fixture ----------------------------
+
+SYNC_LEAKS = """
+    import uow
+    from syncapp.db import database
+    from syncapp.services import NoteService, note_texts
+
+    def test_leaves_a_unit_open():
+        context = uow.provide_services(NoteService, database=database)
+        (notes,) = context.__enter__()
+        notes.add("left open")
+
+    def test_next_test_starts_clean():
+        assert uow._unit.innermost_frame() is None
+        assert note_texts() == []
+
+    def test_async_fixture_on_a_sync_database(uow_async_transaction):
+        pass
+"""
+
+ASYNC_LEAKS = """
+    import asyncio
+    from asyncapp.services import add_note_and_wait, note_texts
+
+    LEFT_RUNNING = []
+
+    async def test_leaves_a_task_inside_a_unit():
+        started = asyncio.Event()
+        LEFT_RUNNING.append(asyncio.create_task(add_note_and_wait("left open", started)))
+        await started.wait()
+
+    async def test_next_test_starts_clean():
+        LEFT_RUNNING[0].cancel()
+        assert await note_texts() == []
+"""
+
+BARE = """
+    def test_needs_a_database(uow_transaction):
+        pass
+"""
+
+
+def test_failures_name_what_to_fix(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    prepare(
+        pytester,
+        monkeypatch,
+        sync_url=f"sqlite:///{tmp_path / 'sync.sqlite3'}",
+        async_url=f"sqlite+aiosqlite:///{tmp_path / 'async.sqlite3'}",
+    )
+    write_tree(
+        pytester,
+        {
+            "sync_tests/test_sync_leaks.py": SYNC_LEAKS,
+            "async_tests/test_async_leaks.py": ASYNC_LEAKS,
+            "bare_tests/test_bare.py": BARE,
+        },
+    )
+    result = run_inner(pytester, "sync_tests", "async_tests", "bare_tests")
+    result.assert_outcomes(passed=4, errors=4)
+    result.stdout.fnmatch_lines_random(
+        [
+            "*ERROR at teardown of test_leaves_a_unit_open*",
+            "*left 1 unit(s) of work open*opened by: provide_services(syncapp.services.NoteService)*",
+            "*ERROR at setup of test_async_fixture_on_a_sync_database*",
+            "*uow_async_transaction: <Database sqlite:///*(sync)> is sync: use the uow_transaction fixture*",
+            "*ERROR at teardown of test_leaves_a_task_inside_a_unit*",
+            "*left 1 unit(s) of work open*opened by: asyncapp.services.add_note_and_wait()*",
+            "*ERROR at setup of test_needs_a_database*",
+            "*the uow fixtures have no database to bind*",
+            "*define a fixture named 'uow_database' in conftest.py*",
+        ]
+    )
+
+
+# -- where the database comes from: ini option, uow.configure() ----------------------------------
+
+CONFIG_APP = """
+    import os
+    from sqlalchemy import Column, Integer, MetaData, String, Table, func, select
+    import uow
+
+    metadata = MetaData()
+    notes = Table("uow_testing_cfg_notes", metadata, Column("id", Integer, primary_key=True), Column("text", String(50)))
+    database = uow.Database(os.environ["UOW_INNER_SYNC_URL"])
+    metadata.create_all(database.engine)
+    made = []
+
+    def make_database():
+        made.append(database)
+        return database
+
+    def add_note(text):
+        with uow.unit_of_work(database=uow._database.get_default_database() or database) as session:
+            session.execute(notes.insert().values(text=text))
+
+    def count_notes():
+        with uow.unit_of_work(database=uow._database.get_default_database() or database) as session:
+            return session.scalar(select(func.count()).select_from(notes))
+"""
+
+CONFIG_TESTS = """
+    import {app} as app
+
+    def test_writes(uow_transaction):
+        assert uow_transaction is app.database
+        app.add_note("a")
+        assert app.count_notes() == 1
+
+    def test_sees_nothing_of_the_previous_test(uow_transaction, uow_database):
+        assert uow_database is app.database
+        assert app.count_notes() == 0
+"""
+
+
+INPROCESS_INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+
+
+def test_database_from_the_ini_option(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("UOW_INNER_SYNC_URL", f"sqlite:///{tmp_path / 'ini.sqlite3'}")
+    pytester.syspathinsert()
+    write_tree(pytester, {"cfg_ini_app.py": CONFIG_APP, "test_ini.py": CONFIG_TESTS.format(app="cfg_ini_app")})
+    once = "import cfg_ini_app\n\ndef test_the_factory_ran_once():\n    assert len(cfg_ini_app.made) == 1\n"
+    write_tree(pytester, {"test_ini_zz.py": once})
+    pytester.makeini(f"{INPROCESS_INI}uow_database = cfg_ini_app:make_database\n")
+    result = pytester.runpytest_inprocess(*plugin_args(), "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
+
+
+def test_database_from_uow_configure(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("UOW_INNER_SYNC_URL", f"sqlite:///{tmp_path / 'configured.sqlite3'}")
+    pytester.syspathinsert()
+    write_tree(
+        pytester,
+        {
+            "cfg_configured_app.py": CONFIG_APP,
+            "conftest.py": "import uow\nimport cfg_configured_app\n\nuow.configure(cfg_configured_app.database)\n",
+            "test_configured.py": CONFIG_TESTS.format(app="cfg_configured_app"),
+        },
+    )
+    pytester.makeini(INPROCESS_INI)
+    result = pytester.runpytest_inprocess(*plugin_args(), "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+
+
+def test_bad_ini_option_says_how_to_write_it(pytester: pytest.Pytester) -> None:
+    pytester.makeini(f"{INPROCESS_INI}uow_database = not_a_path\n")
+    write_tree(pytester, {"test_bad.py": BARE})
+    result = pytester.runpytest_inprocess(*plugin_args(), "-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*uow_database = 'not_a_path': write it as 'package.module:name'*"])
+
+
+def test_plugin_is_registered_through_the_pytest11_entry_point() -> None:
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'\[project\.entry-points\.pytest11\]\s*\nuow = "uow\.testing"', pyproject)
+    installed = [ep for ep in importlib.metadata.entry_points(group="pytest11") if ep.name == "uow"]
+    for entry_point in installed:  # present once the package is installed from this tree (CI)
+        assert entry_point.value == "uow.testing"
+        assert entry_point.load() is importlib.import_module("uow.testing")
+
+
+# -- the context managers, without pytester -------------------------------------------------------
+
+
+def test_bound_to_transaction_rolls_back_every_kind_of_unit(sqlite_db: uow.Database) -> None:
+    @uow.with_services(ItemService, database=sqlite_db, propagation="requires_new")
+    def add_in_new_unit(items: ItemService, name: str) -> None:
+        items.add(name)
+
+    with bound_to_transaction(sqlite_db) as connection:
+        assert isinstance(connection, Connection)
+        with uow.provide_services(ItemService, database=sqlite_db) as (items,):
+            items.add("outer")
+            add_in_new_unit("inner")
+        with uow.unit_of_work(database=sqlite_db, propagation="nested") as session:
+            session.add(Item(name="nested"))
+        assert count_items(sqlite_db) == 3
+    assert count_items(sqlite_db) == 0
+
+
+async def test_bound_to_transaction_async(async_sqlite_db: uow.Database) -> None:
+    async with bound_to_transaction(async_sqlite_db) as connection:
+        assert isinstance(connection, AsyncConnection)
+        async with uow.provide_services(AsyncItemService, database=async_sqlite_db) as (items,):
+            await items.add("a")
+        async with uow.provide_services(AsyncItemService, database=async_sqlite_db) as (items,):
+            assert await items.count() == 1
+    async with uow.provide_services(AsyncItemService, database=async_sqlite_db) as (items,):
+        assert await items.count() == 0
+
+
+def test_user_engine_without_the_sqlite_recipe_still_rolls_back(tmp_path: Path) -> None:
+    # A plain pysqlite engine lets the sqlite3 module manage transactions: without the binding's own
+    # BEGIN, the first RELEASE SAVEPOINT would commit the test's rows for real.
+    engine = create_engine(f"sqlite:///{tmp_path / 'own.sqlite3'}")
+    Base.metadata.create_all(engine)
+    database = uow.Database(engine=engine)
+    try:
+        with bound_to_transaction(database):
+            with uow.provide_services(ItemService, database=database) as (items,):
+                items.add("a")
+            with uow.provide_services(ItemService, database=database) as (items,):
+                assert items.count() == 1
+        with engine.connect() as connection:
+            assert connection.scalar(select(func.count()).select_from(Item)) == 0
+            assert connection.connection.dbapi_connection.isolation_level == ""  # type: ignore[union-attr]
+    finally:
+        engine.dispose()
+
+
+async def test_user_async_engine_without_the_sqlite_recipe_still_rolls_back(tmp_path: Path) -> None:
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'own.sqlite3'}")
+    async with engine.begin() as connection:
+        await connection.run_sync(Base.metadata.create_all)
+    database = uow.Database(engine=engine)
+    try:
+        async with bound_to_transaction(database):
+            async with uow.provide_services(AsyncItemService, database=database) as (items,):
+                await items.add("a")
+        async with engine.connect() as connection:
+            assert await connection.scalar(select(func.count()).select_from(Item)) == 0
+    finally:
+        await engine.dispose()
+
+
+def test_a_unit_left_open_is_named_and_cleaned_up(sqlite_db: uow.Database) -> None:
+    with pytest.raises(UnitLeftOpenError, match=r"opened by: provide_services\(tests\.models\.ItemService\)"):
+        with bound_to_transaction(sqlite_db):
+            (items,) = uow.provide_services(ItemService, database=sqlite_db).__enter__()
+            items.add("left open")
+    assert innermost_frame() is None
+    assert count_items(sqlite_db) == 0
+
+
+async def test_a_task_left_inside_a_unit_is_named(async_sqlite_db: uow.Database) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    @uow.with_services(AsyncItemService, database=async_sqlite_db)
+    async def add_and_wait(items: AsyncItemService) -> None:
+        await items.add("left open")
+        started.set()
+        await release.wait()
+
+    with pytest.raises(UnitLeftOpenError, match=r"add_and_wait\(\)"):
+        async with bound_to_transaction(async_sqlite_db):
+            task = asyncio.create_task(add_and_wait())
+            await started.wait()
+    release.set()
+    await task  # its session was closed for it; finishing it must not fail either
+
+
+def test_binding_refuses_what_it_cannot_do(sqlite_db: uow.Database, tmp_path: Path) -> None:
+    with bound_to_transaction(sqlite_db), pytest.raises(ConfigurationError, match="already bound"):
+        bound_to_transaction(sqlite_db).__enter__()
+    factory_only = uow.Database(session_factory=sessionmaker())
+    with pytest.raises(ConfigurationError, match="without an Engine bind"), bound_to_transaction(factory_only):
+        pass
+    with pytest.raises(ConfigurationError, match="no database"), bound_to_transaction():
+        pass
+
+
+async def test_async_database_needs_async_with(async_sqlite_db: uow.Database) -> None:
+    with pytest.raises(ConfigurationError, match="use 'async with"), bound_to_transaction(async_sqlite_db):
+        pass
+
+
+def test_capture_on_commit_outside_any_binding(sqlite_db: uow.Database) -> None:
+    sent: list[str] = []
+    with capture_on_commit() as hooks:
+        with uow.unit_of_work(database=sqlite_db):
+            uow.on_commit(lambda: sent.append("unit"), database=sqlite_db)
+        with Session(sqlite_db.engine) as session, uow.provide_services(ItemService, session=session):
+            uow.on_commit(lambda: sent.append("caller's session"))
+            session.commit()
+    assert sent == []
+    hooks.run()
+    assert sent == ["unit", "caller's session"]
+
+
+async def test_captured_async_hooks_need_run_async(async_sqlite_db: uow.Database) -> None:
+    sent: list[str] = []
+
+    async def notify() -> None:
+        sent.append("async")
+
+    async with capture_on_commit() as hooks:
+        async with uow.unit_of_work(database=async_sqlite_db):
+            uow.on_commit(notify, database=async_sqlite_db)
+    with pytest.raises(ConfigurationError, match="run_async"):
+        CapturedHooks([notify]).run()
+    await hooks.run_async()
+    assert sent == ["async"]
+
+
+def test_refused_write_in_read_only_sqlite_unit_keeps_the_connection(sqlite_db: uow.Database) -> None:
+    # Switching query_only off used to go through the failed transaction and invalidate the connection.
+    assert isinstance(sqlite_db.engine, Engine)
+    invalidated: list[object] = []
+    event.listen(sqlite_db.engine, "invalidate", lambda *args: invalidated.append(args))
+
+    @uow.with_services(ItemService, database=sqlite_db, read_only=True)
+    def write(items: ItemService) -> None:
+        items.add("refused")
+
+    with pytest.raises(OperationalError, match="readonly"):
+        write()
+    assert invalidated == []
+    with uow.provide_services(ItemService, database=sqlite_db) as (items,):
+        items.add("written")
