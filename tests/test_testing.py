@@ -36,10 +36,14 @@ DOCS = ROOT / "docs" / "testing.md"
 SRC = ROOT / "src"
 
 
+# Plugins the inner suites never use; loading them costs seconds per run.
+UNUSED_PLUGINS = ["-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "no:faker", "-p", "no:anyio"]
+
+
 def plugin_args() -> list[str]:
     """Load the plugin explicitly unless the installed package already registers it (pytest11 entry point)."""
     installed = [ep for ep in importlib.metadata.entry_points(group="pytest11") if ep.value == "uow.testing"]
-    return [] if installed else ["-p", "uow.testing"]
+    return [*UNUSED_PLUGINS, *([] if installed else ["-p", "uow.testing"])]
 
 
 def docs_conftest(kind: str, package: str) -> str:
@@ -521,7 +525,7 @@ def prepare(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, *, sync_
 
 
 def run_inner(pytester: pytest.Pytester, *paths: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess(*plugin_args(), "-p", "no:cacheprovider", "-v", *paths, timeout=300)
+    return pytester.runpytest_subprocess(*plugin_args(), "-v", *paths, timeout=300)
 
 
 def count_items(database: uow.Database) -> int:
@@ -533,37 +537,7 @@ def url_text(url: URL) -> str:
     return url.render_as_string(hide_password=False)
 
 
-# -- rollback per test, overrides, hooks, opt-out: the same suites on each database --------------
-
-
-def test_plugin_on_sqlite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    prepare(
-        pytester,
-        monkeypatch,
-        sync_url=f"sqlite:///{tmp_path / 'sync.sqlite3'}",
-        async_url=f"sqlite+aiosqlite:///{tmp_path / 'async.sqlite3'}",
-    )
-    write_tree(pytester, {"sync_tests/test_sync_notes.py": SYNC_TESTS, "async_tests/test_async_notes.py": ASYNC_TESTS})
-    result = run_inner(pytester, "sync_tests", "async_tests")
-    result.assert_outcomes(passed=SYNC_TEST_COUNT + ASYNC_TEST_COUNT)
-
-
-@pytest.mark.postgres
-def test_plugin_on_postgresql(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, postgres_server: servers.Server
-) -> None:
-    prepare(
-        pytester,
-        monkeypatch,
-        sync_url=url_text(postgres_server.sync_url),
-        async_url=url_text(postgres_server.async_url),
-    )
-    write_tree(pytester, {"sync_tests/test_sync_notes.py": SYNC_TESTS, "async_tests/test_async_notes.py": ASYNC_TESTS})
-    result = run_inner(pytester, "sync_tests", "async_tests")
-    result.assert_outcomes(passed=SYNC_TEST_COUNT + ASYNC_TEST_COUNT)
-
-
-# -- clear failures: no database, a unit left open, the wrong fixture ----------------------------
+# -- tests that must fail, clearly: no database, a unit left open, the wrong fixture ------------
 
 SYNC_LEAKS = """
     import uow
@@ -605,36 +579,56 @@ BARE = """
 """
 
 
-def test_failures_name_what_to_fix(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+FAILING_TESTS = {
+    "sync_tests/test_sync_leaks.py": SYNC_LEAKS,
+    "async_tests/test_async_leaks.py": ASYNC_LEAKS,
+    "bare_tests/test_bare.py": BARE,
+}
+
+FAILURE_MESSAGES = [
+    "*ERROR at teardown of test_leaves_a_unit_open*",
+    "*left 1 unit(s) of work open*opened by: provide_services(syncapp.services.NoteService)*",
+    "*ERROR at setup of test_async_fixture_on_a_sync_database*",
+    "*uow_async_transaction: <Database sqlite:///*(sync)> is sync: use the uow_transaction fixture*",
+    "*ERROR at teardown of test_leaves_a_task_inside_a_unit*",
+    "*left 1 unit(s) of work open*opened by: asyncapp.services.add_note_and_wait()*",
+    "*ERROR at setup of test_needs_a_database*",
+    "*the uow fixtures have no database to bind*",
+    "*define a fixture named 'uow_database' in conftest.py*",
+]
+
+
+# -- rollback per test, overrides, hooks, opt-out: the same suites on each database --------------
+
+
+def test_plugin_on_sqlite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     prepare(
         pytester,
         monkeypatch,
         sync_url=f"sqlite:///{tmp_path / 'sync.sqlite3'}",
         async_url=f"sqlite+aiosqlite:///{tmp_path / 'async.sqlite3'}",
     )
-    write_tree(
-        pytester,
-        {
-            "sync_tests/test_sync_leaks.py": SYNC_LEAKS,
-            "async_tests/test_async_leaks.py": ASYNC_LEAKS,
-            "bare_tests/test_bare.py": BARE,
-        },
-    )
+    write_tree(pytester, {"sync_tests/test_sync_notes.py": SYNC_TESTS, "async_tests/test_async_notes.py": ASYNC_TESTS})
+    write_tree(pytester, FAILING_TESTS)
     result = run_inner(pytester, "sync_tests", "async_tests", "bare_tests")
-    result.assert_outcomes(passed=4, errors=4)
-    result.stdout.fnmatch_lines_random(
-        [
-            "*ERROR at teardown of test_leaves_a_unit_open*",
-            "*left 1 unit(s) of work open*opened by: provide_services(syncapp.services.NoteService)*",
-            "*ERROR at setup of test_async_fixture_on_a_sync_database*",
-            "*uow_async_transaction: <Database sqlite:///*(sync)> is sync: use the uow_transaction fixture*",
-            "*ERROR at teardown of test_leaves_a_task_inside_a_unit*",
-            "*left 1 unit(s) of work open*opened by: asyncapp.services.add_note_and_wait()*",
-            "*ERROR at setup of test_needs_a_database*",
-            "*the uow fixtures have no database to bind*",
-            "*define a fixture named 'uow_database' in conftest.py*",
-        ]
+    # The failing tests run first (file order), so the suites after them also prove the next test starts clean.
+    result.assert_outcomes(passed=SYNC_TEST_COUNT + ASYNC_TEST_COUNT + 4, errors=4)
+    result.stdout.fnmatch_lines_random(FAILURE_MESSAGES)
+
+
+@pytest.mark.postgres
+def test_plugin_on_postgresql(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, postgres_server: servers.Server
+) -> None:
+    prepare(
+        pytester,
+        monkeypatch,
+        sync_url=url_text(postgres_server.sync_url),
+        async_url=url_text(postgres_server.async_url),
     )
+    write_tree(pytester, {"sync_tests/test_sync_notes.py": SYNC_TESTS, "async_tests/test_async_notes.py": ASYNC_TESTS})
+    result = run_inner(pytester, "sync_tests", "async_tests")
+    result.assert_outcomes(passed=SYNC_TEST_COUNT + ASYNC_TEST_COUNT)
 
 
 # -- where the database comes from: ini option, uow.configure() ----------------------------------
@@ -689,7 +683,7 @@ def test_database_from_the_ini_option(
     once = "import cfg_ini_app\n\ndef test_the_factory_ran_once():\n    assert len(cfg_ini_app.made) == 1\n"
     write_tree(pytester, {"test_ini_zz.py": once})
     pytester.makeini(f"{INPROCESS_INI}uow_database = cfg_ini_app:make_database\n")
-    result = pytester.runpytest_inprocess(*plugin_args(), "-p", "no:cacheprovider")
+    result = pytester.runpytest_inprocess(*plugin_args())
     result.assert_outcomes(passed=3)
 
 
@@ -707,14 +701,14 @@ def test_database_from_uow_configure(
         },
     )
     pytester.makeini(INPROCESS_INI)
-    result = pytester.runpytest_inprocess(*plugin_args(), "-p", "no:cacheprovider")
+    result = pytester.runpytest_inprocess(*plugin_args())
     result.assert_outcomes(passed=2)
 
 
 def test_bad_ini_option_says_how_to_write_it(pytester: pytest.Pytester) -> None:
     pytester.makeini(f"{INPROCESS_INI}uow_database = not_a_path\n")
     write_tree(pytester, {"test_bad.py": BARE})
-    result = pytester.runpytest_inprocess(*plugin_args(), "-p", "no:cacheprovider")
+    result = pytester.runpytest_inprocess(*plugin_args())
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*uow_database = 'not_a_path': write it as 'package.module:name'*"])
 
