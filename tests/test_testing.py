@@ -870,3 +870,59 @@ def test_refused_write_in_read_only_sqlite_unit_keeps_the_connection(sqlite_db: 
     assert invalidated == []
     with uow.provide_services(ItemService, database=sqlite_db) as (items,):
         items.add("written")
+
+
+# -- code run by a framework's test client ---------------------------------------------------------
+
+
+class CountingItemService(ItemService):
+    def count(self) -> int:
+        return -1
+
+
+def test_starlette_test_client_requests_run_inside_the_binding(sqlite_db: uow.Database) -> None:
+    pytest.importorskip("starlette", reason="the integrations extra is not installed")
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    @uow.with_services(ItemService, database=sqlite_db)
+    def create(items: ItemService, request: Request) -> JSONResponse:
+        items.add(f"web-{items.count()}")
+        uow.on_commit(lambda: None, database=sqlite_db)
+        return JSONResponse({"count": items.count()})
+
+    app = Starlette(routes=[Route("/", create, methods=["POST"])])
+    with bound_to_transaction(sqlite_db), TestClient(app) as client:
+        with capture_on_commit() as hooks:
+            assert client.post("/").json() == {"count": 1}
+        assert len(hooks) == 1, "the request's hook is captured although the app runs in another thread"
+        with uow.override(ItemService, CountingItemService):
+            assert client.post("/").json() == {"count": -1}
+        assert count_items(sqlite_db) == 2
+    assert count_items(sqlite_db) == 0
+
+
+async def test_httpx_asgi_requests_run_inside_the_async_binding(async_sqlite_db: uow.Database) -> None:
+    pytest.importorskip("starlette", reason="the integrations extra is not installed")
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    @uow.with_services(AsyncItemService, database=async_sqlite_db)
+    async def create(items: AsyncItemService, request: Request) -> JSONResponse:
+        await items.add(f"web-{await items.count()}")
+        return JSONResponse({"count": await items.count()})
+
+    app = Starlette(routes=[Route("/", create, methods=["POST"])])
+    async with bound_to_transaction(async_sqlite_db):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert (await client.post("/")).json() == {"count": 1}
+            assert (await client.post("/")).json() == {"count": 2}
+    async with uow.provide_services(AsyncItemService, database=async_sqlite_db) as (items,):
+        assert await items.count() == 0
