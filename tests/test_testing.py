@@ -786,6 +786,31 @@ async def test_user_async_engine_without_the_sqlite_recipe_still_rolls_back(tmp_
         await engine.dispose()
 
 
+def test_read_only_units_stay_on_the_test_connection_instead_of_a_replica(tmp_path: Path) -> None:
+    database = uow.Database(
+        f"sqlite:///{tmp_path / 'primary.sqlite3'}", replicas=[f"sqlite:///{tmp_path / 'replica.sqlite3'}"]
+    )
+    replica_factory = database.replica_factories[0]
+    for engine in (database.engine, replica_factory.kw["bind"]):
+        Base.metadata.create_all(engine)
+
+    @uow.with_services(ItemService, database=database, read_only=True)
+    def count(items: ItemService) -> int:
+        return items.count()
+
+    try:
+        with bound_to_transaction(database):
+            with uow.provide_services(ItemService, database=database) as (items,):
+                items.add("a")
+            assert count() == 1, "a replica cannot see the test's rows"
+        assert database.replica_factories == [replica_factory]
+        with uow.provide_services(ItemService, database=database) as (items,):
+            items.add("on the primary only")
+        assert count() == 0, "after the binding, read-only units go to the replica again"
+    finally:
+        database.dispose()
+
+
 def test_a_unit_left_open_is_named_and_cleaned_up(sqlite_db: uow.Database) -> None:
     with pytest.raises(UnitLeftOpenError, match=r"opened by: provide_services\(tests\.models\.ItemService\)"):
         with bound_to_transaction(sqlite_db):

@@ -15,7 +15,7 @@ import logging
 import weakref
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Any, Union
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
@@ -29,8 +29,6 @@ __all__ = ["CapturedHooks", "UnitLeftOpenError", "bound_to_transaction", "captur
 
 logger = logging.getLogger("uow")
 
-AnyConnection = Union[Connection, AsyncConnection]
-
 # The Databases bound right now, so a second binding of the same Database fails clearly.
 _bound: weakref.WeakSet[Database] = weakref.WeakSet()
 
@@ -42,7 +40,9 @@ class UnitLeftOpenError(UowError):
 class _TrackingSessionmaker(sessionmaker[Session]):
     """A sessionmaker that remembers the sessions it made, to find units left open at the end."""
 
-    made: list[weakref.ref[Session]]
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.made: list[weakref.ref[Session]] = []
 
     def __call__(self, **local_kw: Any) -> Session:
         session = super().__call__(**local_kw)
@@ -53,7 +53,9 @@ class _TrackingSessionmaker(sessionmaker[Session]):
 class _TrackingAsyncSessionmaker(async_sessionmaker[AsyncSession]):
     """An async_sessionmaker that remembers the sessions it made, to find units left open at the end."""
 
-    made: list[weakref.ref[AsyncSession]]
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.made: list[weakref.ref[AsyncSession]] = []
 
     def __call__(self, **local_kw: Any) -> AsyncSession:
         session = super().__call__(**local_kw)
@@ -210,13 +212,18 @@ def _begin_outer_sync(connection: Connection) -> _SqliteState | None:
 
 
 def _end_outer_sync(connection: Connection, state: _SqliteState | None) -> None:
-    if state is not None:
-        # A read-only unit left open switched the shared connection to query_only; it outlives rollback.
-        connection.exec_driver_sql("PRAGMA query_only = OFF")
-    # The outer transaction is the whole point: roll it back, whatever happened inside.
-    if connection.in_transaction():
-        connection.rollback()
-    _restore_sqlite(connection, state)
+    try:
+        if state is not None:
+            # A read-only unit left open switched the shared connection to query_only; it outlives rollback.
+            connection.exec_driver_sql("PRAGMA query_only = OFF")
+        # The outer transaction is the whole point: roll it back, whatever happened inside.
+        if connection.in_transaction():
+            connection.rollback()
+        _restore_sqlite(connection, state)
+    except BaseException:
+        # A connection that could not be put back as it was found must not return to the pool.
+        connection.invalidate()
+        raise
 
 
 # -- the binding ------------------------------------------------------------------------------
@@ -261,7 +268,6 @@ class bound_to_transaction:
         try:
             self._sqlite = _begin_outer_sync(connection)
             factory = _TrackingSessionmaker(bind=connection, **_factory_options(database.session_factory))
-            factory.made = []
         except BaseException:
             connection.close()
             raise
@@ -297,7 +303,6 @@ class bound_to_transaction:
         try:
             self._sqlite = await connection.run_sync(_begin_outer_sync)
             factory = _TrackingAsyncSessionmaker(bind=connection, **_factory_options(database.session_factory))
-            factory.made = []
         except BaseException:
             await connection.close()
             raise
