@@ -540,6 +540,7 @@ def url_text(url: URL) -> str:
 # -- tests that must fail, clearly: no database, a unit left open, the wrong fixture ------------
 
 SYNC_LEAKS = """
+    import pytest
     import uow
     from syncapp.db import database
     from syncapp.services import NoteService, note_texts
@@ -552,6 +553,13 @@ SYNC_LEAKS = """
     def test_next_test_starts_clean():
         assert uow._unit.innermost_frame() is None
         assert note_texts() == []
+
+    @pytest.mark.uow_commit
+    def test_leaves_a_unit_open_while_committing_for_real():
+        uow.unit_of_work(database=database).__enter__()
+
+    def test_next_test_starts_clean_too():
+        assert uow._unit.innermost_frame() is None
 
     def test_async_fixture_on_a_sync_database(uow_async_transaction):
         pass
@@ -588,6 +596,8 @@ FAILING_TESTS = {
 FAILURE_MESSAGES = [
     "*ERROR at teardown of test_leaves_a_unit_open*",
     "*left 1 unit(s) of work open*opened by: provide_services(syncapp.services.NoteService)*",
+    "*ERROR at teardown of test_leaves_a_unit_open_while_committing_for_real*",
+    "*left 1 unit(s) of work open*opened by: unit_of_work()*",
     "*ERROR at setup of test_async_fixture_on_a_sync_database*",
     "*uow_async_transaction: <Database sqlite:///*(sync)> is sync: use the uow_transaction fixture*",
     "*ERROR at teardown of test_leaves_a_task_inside_a_unit*",
@@ -612,7 +622,7 @@ def test_plugin_on_sqlite(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyP
     write_tree(pytester, FAILING_TESTS)
     result = run_inner(pytester, "sync_tests", "async_tests", "bare_tests")
     # The failing tests run first (file order), so the suites after them also prove the next test starts clean.
-    result.assert_outcomes(passed=SYNC_TEST_COUNT + ASYNC_TEST_COUNT + 4, errors=4)
+    result.assert_outcomes(passed=SYNC_TEST_COUNT + ASYNC_TEST_COUNT + 6, errors=5)
     result.stdout.fnmatch_lines_random(FAILURE_MESSAGES)
 
 

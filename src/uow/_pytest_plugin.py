@@ -15,8 +15,15 @@ import pytest
 
 from uow._database import Database, get_default_database
 from uow._providers import _overrides
-from uow._testing import CapturedHooks, UnitLeftOpenError, bound_to_transaction, capture_on_commit
-from uow._unit import _current, innermost_frame
+from uow._testing import (
+    CapturedHooks,
+    UnitLeftOpenError,
+    _frames_left_open,
+    _left_open_error,
+    bound_to_transaction,
+    capture_on_commit,
+)
+from uow._unit import Frame, _current, innermost_frame
 
 __all__ = [
     "pytest_addoption",
@@ -126,15 +133,11 @@ def uow_transaction(request: pytest.FixtureRequest, uow_database: Database) -> I
         pytest.fail(str(error), pytrace=False)
 
 
-def _fail_if_frames_left(database: Database, entered_with: Any) -> None:
-    names: list[str] = []
-    frame = innermost_frame()
-    while frame is not None and frame is not entered_with:
-        names.append(frame.transaction.what or "a unit of work")
-        frame = frame.parent
+def _fail_if_frames_left(database: Database, entered_with: Frame | None) -> None:
+    names = _frames_left_open(database, entered_with)
     if names:
         _current.set(entered_with)
-        pytest.fail(f"the test left unit(s) of work open on {database!r}, opened by: {', '.join(names)}", pytrace=False)
+        pytest.fail(str(_left_open_error(names, database)), pytrace=False)
 
 
 async def _async_transaction(request: pytest.FixtureRequest, uow_database: Database) -> AsyncIterator[Database]:
