@@ -41,9 +41,8 @@ UNUSED_PLUGINS = ["-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-p", "
 
 
 def plugin_args() -> list[str]:
-    """Load the plugin explicitly unless the installed package already registers it (pytest11 entry point)."""
-    installed = [ep for ep in importlib.metadata.entry_points(group="pytest11") if ep.value == "uow.testing"]
-    return [*UNUSED_PLUGINS, *([] if installed else ["-p", "uow.testing"])]
+    """Name the plugin explicitly: harmless when the installed package registers it too (the entry point's name)."""
+    return [*UNUSED_PLUGINS, "-p", "uow.testing"]
 
 
 def docs_conftest(kind: str, package: str) -> str:
@@ -725,11 +724,29 @@ def test_bad_ini_option_says_how_to_write_it(pytester: pytest.Pytester) -> None:
 
 def test_plugin_is_registered_through_the_pytest11_entry_point() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert re.search(r'\[project\.entry-points\.pytest11\]\s*\nuow = "uow\.testing"', pyproject)
-    installed = [ep for ep in importlib.metadata.entry_points(group="pytest11") if ep.name == "uow"]
+    assert re.search(r'\[project\.entry-points\.pytest11\]\s*\n"uow\.testing" = "uow\.testing"', pyproject)
+    installed = [ep for ep in importlib.metadata.entry_points(group="pytest11") if ep.value == "uow.testing"]
     for entry_point in installed:  # present once the package is installed from this tree (CI)
-        assert entry_point.value == "uow.testing"
+        assert entry_point.name == "uow.testing"
         assert entry_point.load() is importlib.import_module("uow.testing")
+
+
+def test_plugin_named_twice_is_loaded_once(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An installed entry point plus "-p uow.testing" plus pytest_plugins must not register it twice.
+    dist_info = pytester.path / "uow_entry_point-0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: uow-entry-point\nVersion: 0\n")
+    (dist_info / "entry_points.txt").write_text("[pytest11]\nuow.testing = uow.testing\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SRC), str(pytester.path)]))
+    write_tree(
+        pytester,
+        {
+            "conftest.py": 'pytest_plugins = ["uow.testing"]\n',
+            "test_once.py": "def test_fixture_is_there(uow_override):\n    pass\n",
+        },
+    )
+    result = pytester.runpytest_subprocess(*plugin_args())
+    result.assert_outcomes(passed=1)
 
 
 # -- the context managers, without pytester -------------------------------------------------------
