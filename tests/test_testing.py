@@ -680,6 +680,14 @@ CONFIG_TESTS = """
 """
 
 
+DISPOSE_AT_THE_END = """
+
+def pytest_unconfigure(config):
+    import {app}
+
+    {app}.database.dispose()
+"""
+
 INPROCESS_INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
 
 
@@ -688,7 +696,14 @@ def test_database_from_the_ini_option(
 ) -> None:
     monkeypatch.setenv("UOW_INNER_SYNC_URL", f"sqlite:///{tmp_path / 'ini.sqlite3'}")
     pytester.syspathinsert()
-    write_tree(pytester, {"cfg_ini_app.py": CONFIG_APP, "test_ini.py": CONFIG_TESTS.format(app="cfg_ini_app")})
+    write_tree(
+        pytester,
+        {
+            "cfg_ini_app.py": CONFIG_APP,
+            "conftest.py": DISPOSE_AT_THE_END.format(app="cfg_ini_app"),
+            "test_ini.py": CONFIG_TESTS.format(app="cfg_ini_app"),
+        },
+    )
     once = "import cfg_ini_app\n\ndef test_the_factory_ran_once():\n    assert len(cfg_ini_app.made) == 1\n"
     write_tree(pytester, {"test_ini_zz.py": once})
     pytester.makeini(f"{INPROCESS_INI}uow_database = cfg_ini_app:make_database\n")
@@ -705,7 +720,8 @@ def test_database_from_uow_configure(
         pytester,
         {
             "cfg_configured_app.py": CONFIG_APP,
-            "conftest.py": "import uow\nimport cfg_configured_app\n\nuow.configure(cfg_configured_app.database)\n",
+            "conftest.py": "import uow\nimport cfg_configured_app\n\nuow.configure(cfg_configured_app.database)\n"
+            + DISPOSE_AT_THE_END.format(app="cfg_configured_app"),
             "test_configured.py": CONFIG_TESTS.format(app="cfg_configured_app"),
         },
     )
