@@ -16,7 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, Engine, create_engine, event, func, select
+from sqlalchemy import Connection, create_engine, func, select
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
@@ -923,21 +923,33 @@ async def test_captured_async_hooks_need_run_async(async_sqlite_db: uow.Database
     assert sent == ["async"]
 
 
-def test_refused_write_in_read_only_sqlite_unit_keeps_the_connection(sqlite_db: uow.Database) -> None:
-    # Switching query_only off used to go through the failed transaction and invalidate the connection.
-    assert isinstance(sqlite_db.engine, Engine)
-    invalidated: list[object] = []
-    event.listen(sqlite_db.engine, "invalidate", lambda *args: invalidated.append(args))
-
+def test_refused_write_in_read_only_sqlite_unit_keeps_the_test_connection(sqlite_db: uow.Database) -> None:
+    # Switching query_only off used to go through the failed session and invalidate the shared connection.
     @uow.with_services(ItemService, database=sqlite_db, read_only=True)
     def write(items: ItemService) -> None:
         items.add("refused")
 
-    with pytest.raises(OperationalError, match="readonly"):
-        write()
-    assert invalidated == []
-    with uow.provide_services(ItemService, database=sqlite_db) as (items,):
-        items.add("written")
+    with bound_to_transaction(sqlite_db) as connection:
+        with pytest.raises(OperationalError, match="readonly"):
+            write()
+        assert not connection.invalidated
+        with uow.provide_services(ItemService, database=sqlite_db) as (items,):
+            items.add("written")
+
+
+async def test_refused_write_in_read_only_aiosqlite_unit_keeps_the_test_connection(
+    async_sqlite_db: uow.Database,
+) -> None:
+    @uow.with_services(AsyncItemService, database=async_sqlite_db, read_only=True)
+    async def write(items: AsyncItemService) -> None:
+        await items.add("refused")
+
+    async with bound_to_transaction(async_sqlite_db) as connection:
+        with pytest.raises(OperationalError, match="readonly"):
+            await write()
+        assert not connection.invalidated
+        async with uow.provide_services(AsyncItemService, database=async_sqlite_db) as (items,):
+            await items.add("written")
 
 
 # -- code run by a framework's test client ---------------------------------------------------------

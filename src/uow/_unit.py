@@ -34,8 +34,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Union
 
-from sqlalchemy import event, text
-from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
+from sqlalchemy import Connection, event, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, AsyncSessionTransaction
 from sqlalchemy.orm import Session, SessionTransaction
 
 from uow._database import Database, get_default_database
@@ -755,8 +755,12 @@ def _read_only_statement(dialect_name: str) -> str | None:
 def _end_read_only_sync(session: Session, read_only: bool) -> None:
     # SQLite's query_only outlives the transaction: switch it off before the connection goes back to the pool.
     if read_only and session.in_transaction() and session.get_bind().dialect.name == "sqlite":
+        if isinstance(session.bind, Connection):
+            # The caller's connection (uow.testing's): reset it directly, even after a refused write,
+            # since invalidating it would end the caller's transaction.
+            session.bind.exec_driver_sql("PRAGMA query_only = OFF")
+            return
         try:
-            _leave_failed_transaction_sync(session)
             session.connection().execute(text("PRAGMA query_only = OFF"))
         except Exception:
             session.invalidate()
@@ -764,25 +768,13 @@ def _end_read_only_sync(session: Session, read_only: bool) -> None:
 
 async def _end_read_only_async(session: AsyncSession, read_only: bool) -> None:
     if read_only and session.in_transaction() and session.get_bind().dialect.name == "sqlite":
+        if isinstance(session.bind, AsyncConnection):
+            await session.bind.exec_driver_sql("PRAGMA query_only = OFF")
+            return
         try:
-            await _leave_failed_transaction_async(session)
             await (await session.connection()).execute(text("PRAGMA query_only = OFF"))
         except Exception:
             await session.invalidate()
-
-
-def _leave_failed_transaction_sync(session: Session) -> None:
-    # A refused write leaves the transaction inactive, and session.connection() would raise instead of
-    # resetting the pragma (then the connection was invalidated: fatal for a test's shared connection).
-    transaction = session.get_transaction()
-    if transaction is not None and not transaction.is_active:
-        session.rollback()
-
-
-async def _leave_failed_transaction_async(session: AsyncSession) -> None:
-    transaction = session.sync_session.get_transaction()
-    if transaction is not None and not transaction.is_active:
-        await session.rollback()
 
 
 def _rollback_preserving_sync(session: Session, exc: BaseException | None) -> None:
