@@ -12,6 +12,8 @@ import importlib
 import importlib.metadata
 import os
 import re
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import uow
 from tests import servers
 from tests.models import AsyncItemService, Base, Item, ItemService
+from uow._pytest_plugin import _missing_pytest_asyncio
 from uow._unit import innermost_frame
 from uow.errors import ConfigurationError
 from uow.testing import CapturedHooks, UnitLeftOpenError, bound_to_transaction, capture_on_commit
@@ -763,6 +766,42 @@ def test_plugin_named_twice_is_loaded_once(pytester: pytest.Pytester, monkeypatc
     )
     result = pytester.runpytest_subprocess(*plugin_args())
     result.assert_outcomes(passed=1)
+
+
+IMPORT_WITHOUT = """
+import sys
+
+sys.modules[{hidden!r}] = None  # as if it were not installed: importing it raises ModuleNotFoundError
+import uow.testing
+
+print(" ".join(sorted(name for name in uow.testing.__all__ if name.startswith(("uow_", "bound", "capture")))))
+"""
+
+
+@pytest.mark.parametrize(
+    ("hidden", "expected"),
+    [
+        ("pytest", "bound_to_transaction capture_on_commit"),
+        (
+            "pytest_asyncio",
+            "bound_to_transaction capture_on_commit uow_async_transaction uow_captured_hooks uow_database "
+            "uow_override uow_transaction",
+        ),
+    ],
+)
+def test_imports_cleanly_without(hidden: str, expected: str) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    code = IMPORT_WITHOUT.format(hidden=hidden)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == expected.split()
+
+
+def test_async_fixture_without_pytest_asyncio_says_what_to_install() -> None:
+    with pytest.raises(pytest.fail.Exception, match="needs pytest-asyncio: pip install pytest-asyncio"):
+        _missing_pytest_asyncio()
 
 
 # -- the context managers, without pytester -------------------------------------------------------

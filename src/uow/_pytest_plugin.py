@@ -7,7 +7,6 @@ install uow without using them see no change.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -161,12 +160,15 @@ def _missing_pytest_asyncio() -> None:
     pytest.fail("uow_async_transaction needs pytest-asyncio: pip install pytest-asyncio", pytrace=False)
 
 
-if importlib.util.find_spec("pytest_asyncio") is not None:
-    import pytest_asyncio
+def _async_transaction_fixture() -> Any:
+    try:
+        import pytest_asyncio
+    except ModuleNotFoundError:
+        return pytest.fixture(name="uow_async_transaction")(_missing_pytest_asyncio)
+    return pytest_asyncio.fixture(name="uow_async_transaction")(_async_transaction)
 
-    uow_async_transaction: Any = pytest_asyncio.fixture(name="uow_async_transaction")(_async_transaction)
-else:
-    uow_async_transaction = pytest.fixture(name="uow_async_transaction")(_missing_pytest_asyncio)
+
+uow_async_transaction = _async_transaction_fixture()
 
 
 # -- overrides and hooks ----------------------------------------------------------------------

@@ -16,15 +16,12 @@ The context managers behind them work without pytest: `bound_to_transaction`,
 
 from __future__ import annotations
 
-import importlib.util
-
 from uow._providers import override
 from uow._testing import CapturedHooks, UnitLeftOpenError, bound_to_transaction, capture_on_commit
 
 __all__ = ["CapturedHooks", "UnitLeftOpenError", "bound_to_transaction", "capture_on_commit", "override"]
 
-# The context managers need no pytest; the fixtures do.
-if importlib.util.find_spec("pytest") is not None:
+try:
     from uow._pytest_plugin import (
         pytest_addoption,
         pytest_configure,
@@ -34,7 +31,10 @@ if importlib.util.find_spec("pytest") is not None:
         uow_override,
         uow_transaction,
     )
-
+except ModuleNotFoundError as error:  # the context managers need no pytest; the fixtures do
+    if error.name != "pytest":
+        raise
+else:
     __all__ += [
         "pytest_addoption",
         "pytest_configure",
