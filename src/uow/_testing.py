@@ -375,7 +375,11 @@ class CapturedHooks(list[Hook]):
     """The ``on_commit`` hooks captured by `capture_on_commit`, in the order they would have run."""
 
     def run(self) -> None:
-        """Run the captured sync hooks now, in order, and forget them; an async hook raises `ConfigurationError`."""
+        """Run the captured hooks now, in order, and forget them.
+
+        Unlike after a real commit, a hook that raises is not just logged: its error reaches the
+        test. An async hook raises `ConfigurationError` (use `run_async`).
+        """
         for callback in self._take():
             result = callback()
             if inspect.isawaitable(result):
