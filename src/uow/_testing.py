@@ -250,7 +250,6 @@ class bound_to_transaction:
         self._sqlite: _SqliteState | None = None
         self._factory: Any = None
         self._entered_with: Frame | None = None
-        self._frame_token: contextvars.Token[Frame | None] | None = None
 
     @property
     def database(self) -> Database:
