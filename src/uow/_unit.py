@@ -34,8 +34,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Union
 
-from sqlalchemy import event, text
-from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
+from sqlalchemy import Connection, event, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, AsyncSessionTransaction
 from sqlalchemy.orm import Session, SessionTransaction
 
 from uow._database import Database, get_default_database
@@ -109,7 +109,7 @@ class Transaction:
     created lazily by `open_sync` / `open_async`.
     """
 
-    __slots__ = ("database", "hooks", "is_async", "isolation_level", "owned", "read_only", "root", "session")
+    __slots__ = ("database", "hooks", "is_async", "isolation_level", "owned", "read_only", "root", "session", "what")
 
     def __init__(
         self,
@@ -119,9 +119,11 @@ class Transaction:
         owned: bool = True,
         read_only: bool = False,
         isolation_level: str | None = None,
+        what: str | None = None,
     ) -> None:
         self.database = database
         self.session = session
+        self.what = what  # the unit that began it, for error messages (uow.testing names leaked units)
         self.owned = owned
         self.read_only = read_only
         self.isolation_level = isolation_level
@@ -139,6 +141,7 @@ class Transaction:
             assert self.database is not None
             session = self.database.session_factory_for(read_only=self.read_only)()
             assert isinstance(session, Session)
+            session.info[OPENED_BY_KEY] = self.what
             try:
                 _apply_begin_options_sync(session, self.read_only, self.isolation_level)
             except BaseException:
@@ -153,6 +156,7 @@ class Transaction:
             assert self.database is not None
             session = self.database.session_factory_for(read_only=self.read_only)()
             assert isinstance(session, AsyncSession)
+            session.info[OPENED_BY_KEY] = self.what
             try:
                 await _apply_begin_options_async(session, self.read_only, self.isolation_level)
             except BaseException:
@@ -248,6 +252,8 @@ class Transaction:
 
     def run_hooks_sync(self) -> None:
         hooks, self.hooks = self.hooks, []
+        if _captured_by_test(hooks):
+            return
         for callback, _ in hooks:
             try:
                 result = callback()
@@ -261,6 +267,8 @@ class Transaction:
 
     async def run_hooks_async(self) -> None:
         hooks, self.hooks = self.hooks, []
+        if _captured_by_test(hooks):
+            return
         for callback, _ in hooks:
             try:
                 result = callback()
@@ -283,6 +291,20 @@ class Frame:
 
 
 _current: contextvars.ContextVar[Frame | None] = contextvars.ContextVar("uow_current_unit", default=None)
+
+# Where `session.info` records which unit made a session (uow.testing reports units left open by it).
+OPENED_BY_KEY = "uow_opened_by"
+
+# Set by `uow.testing.capture_on_commit`: hooks due to run after a commit are handed to this list instead.
+hook_capture: contextvars.ContextVar[list[Hook] | None] = contextvars.ContextVar("uow_hook_capture", default=None)
+
+
+def _captured_by_test(hooks: list[tuple[Hook, Scope]]) -> bool:
+    captured = hook_capture.get()
+    if captured is None:
+        return False
+    captured.extend(callback for callback, _ in hooks)
+    return True
 
 
 def innermost_frame() -> Frame | None:
@@ -531,7 +553,7 @@ def enter_sync(
         tx = frame.transaction
         return ActiveUnit(kind, tx, frame.scope, None), tx.open_sync()
     if kind is Kind.BEGIN:
-        tx = Transaction(database, read_only=spec.read_only, isolation_level=spec.isolation_level)
+        tx = Transaction(database, read_only=spec.read_only, isolation_level=spec.isolation_level, what=spec.what)
         opened = tx.open_sync()
         token = _current.set(Frame(database, tx, tx.root, _current.get()))
         return ActiveUnit(kind, tx, tx.root, token), opened
@@ -562,7 +584,7 @@ async def enter_async(
         tx = frame.transaction
         return ActiveUnit(kind, tx, frame.scope, None), await tx.open_async()
     if kind is Kind.BEGIN:
-        tx = Transaction(database, read_only=spec.read_only, isolation_level=spec.isolation_level)
+        tx = Transaction(database, read_only=spec.read_only, isolation_level=spec.isolation_level, what=spec.what)
         opened = await tx.open_async()
         token = _current.set(Frame(database, tx, tx.root, _current.get()))
         return ActiveUnit(kind, tx, tx.root, token), opened
@@ -733,6 +755,11 @@ def _read_only_statement(dialect_name: str) -> str | None:
 def _end_read_only_sync(session: Session, read_only: bool) -> None:
     # SQLite's query_only outlives the transaction: switch it off before the connection goes back to the pool.
     if read_only and session.in_transaction() and session.get_bind().dialect.name == "sqlite":
+        if isinstance(session.bind, Connection):
+            # The caller's connection (uow.testing's): reset it directly, even after a refused write,
+            # since invalidating it would end the caller's transaction.
+            session.bind.exec_driver_sql("PRAGMA query_only = OFF")
+            return
         try:
             session.connection().execute(text("PRAGMA query_only = OFF"))
         except Exception:
@@ -741,6 +768,9 @@ def _end_read_only_sync(session: Session, read_only: bool) -> None:
 
 async def _end_read_only_async(session: AsyncSession, read_only: bool) -> None:
     if read_only and session.in_transaction() and session.get_bind().dialect.name == "sqlite":
+        if isinstance(session.bind, AsyncConnection):
+            await session.bind.exec_driver_sql("PRAGMA query_only = OFF")
+            return
         try:
             await (await session.connection()).execute(text("PRAGMA query_only = OFF"))
         except Exception:
@@ -854,6 +884,10 @@ def _run_caller_hooks(sync_session: Session) -> None:
     pending: list[Hook] = sync_session.info.get(_CALLER_HOOKS_KEY, [])
     hooks = list(pending)
     pending.clear()
+    captured = hook_capture.get()
+    if captured is not None:
+        captured.extend(hooks)
+        return
     for callback in hooks:
         try:
             callback()
