@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 from celery import Celery, Task
 from celery.contrib.testing.worker import start_worker
-
 from sqlalchemy import text
 
 import uow
