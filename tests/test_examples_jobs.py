@@ -53,6 +53,7 @@ def test_cli_commits_each_command_and_rolls_back_a_failing_one(tmp_path: Path) -
     assert listed.stdout == "[ ] #1 buy milk\n[ ] #2 call mum\n"
 
 
+@pytest.mark.redis
 def test_jobs_tour_runs_the_celery_task_and_the_arq_worker(tmp_path: Path, redis_prefix: str) -> None:
     env = {
         "JOBS_DB": str(tmp_path / "jobs.sqlite3"),
@@ -82,6 +83,7 @@ def jobs_module(tmp_path: Path, redis_prefix: str, monkeypatch: pytest.MonkeyPat
     module.sync_db.dispose()
 
 
+@pytest.mark.redis
 def test_jobs_celery_task_on_a_real_worker(jobs_module: ModuleType) -> None:
     app, issue_token = jobs_module.celery_app, jobs_module.issue_token
     with pytest.raises(TypeError):

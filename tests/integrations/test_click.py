@@ -168,3 +168,16 @@ def test_run_async_keeps_name_help_and_visible_signature(sqlite_db: uow.Database
     assert runner.__name__ == "add"
     assert runner.__doc__ == "Add one item."
     assert list(inspect.signature(runner).parameters) == ["name"]
+
+
+def test_importing_the_cli_integrations_imports_no_framework() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, uow, uow.integrations.click, uow.integrations.typer; "
+        "loaded = {'click', 'typer', 'celery', 'saq', 'arq', 'apscheduler', 'advanced_alchemy'} & set(sys.modules); "
+        "assert not loaded, loaded"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
