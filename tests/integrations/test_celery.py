@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import pydantic
 import pytest
 from celery import Celery, Task
 from celery.contrib.testing.worker import start_worker
@@ -174,6 +175,32 @@ def test_eager_mode_commits_and_rolls_back(redis_url: str, redis_prefix: str, sy
         tasks.add_items.delay(["b"], fail=True)
     bound = tasks.add_own_id.delay("eager")
     assert names_in(sync_db) == ["a", f"eager-{bound.id}"]
+
+
+class NewItem(pydantic.BaseModel):
+    name: str
+
+
+class AddedItem(pydantic.BaseModel):
+    name: str
+    total: int
+
+
+def test_pydantic_task_validates_its_own_arguments(redis_url: str, redis_prefix: str, sqlite_db: uow.Database) -> None:
+    # Celery's pydantic=True reads the visible signature and type hints: it validates `item`, not `items`.
+    uow.configure(sqlite_db)
+    app = make_app(redis_url, redis_prefix, eager=True)
+
+    @app.task(pydantic=True)
+    @uow.with_services(ItemService)
+    def add_item(items: ItemService, item: NewItem) -> AddedItem:
+        items.add(item.name)
+        return AddedItem(name=item.name, total=items.count())
+
+    assert add_item.delay({"name": "a"}).get() == {"name": "a", "total": 1}
+    with pytest.raises(pydantic.ValidationError):
+        add_item.delay({"title": "b"})
+    assert names_in(sqlite_db) == ["a"]
 
 
 def test_eager_task_joins_the_callers_unit(redis_url: str, redis_prefix: str, sqlite_db: uow.Database) -> None:
