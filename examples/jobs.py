@@ -20,7 +20,7 @@ from arq import create_pool
 from arq.connections import RedisSettings
 from arq.worker import Worker
 from celery import Celery
-from sqlalchemy import DateTime, String, delete, func, select
+from sqlalchemy import DateTime, Engine, String, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -118,8 +118,8 @@ class WorkerSettings:
 
 
 def create_tables() -> None:
-    assert sync_db.engine is not None
-    Base.metadata.create_all(sync_db.engine)  # type: ignore[arg-type]
+    assert isinstance(sync_db.engine, Engine)
+    Base.metadata.create_all(sync_db.engine)
 
 
 async def run_cleanup_job() -> Any:

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import Engine
 
 import uow
 from tests import redis_server
@@ -36,14 +37,14 @@ def runner_async_db(backend: Backend) -> Iterator[uow.Database]:
     a loop of the test's; leak-checked and dropped afterwards like the other fixtures.
     """
     tables = uow.Database(backend.sync_url)
-    assert tables.engine is not None
-    Base.metadata.drop_all(tables.engine)  # type: ignore[arg-type]
-    Base.metadata.create_all(tables.engine)  # type: ignore[arg-type]
+    assert isinstance(tables.engine, Engine)
+    Base.metadata.drop_all(tables.engine)
+    Base.metadata.create_all(tables.engine)
     database = uow.Database(backend.async_url)
     try:
         yield database
         _assert_clean(database, backend)
     finally:
         asyncio.run(database.dispose_async())
-        Base.metadata.drop_all(tables.engine)  # type: ignore[arg-type]
+        Base.metadata.drop_all(tables.engine)
         tables.dispose()
