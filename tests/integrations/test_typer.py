@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated
 
 import pytest
@@ -134,3 +135,18 @@ def test_async_help(runner_async_db: uow.Database) -> None:
     assert result.exit_code == 0
     assert "{names}" in result.output and "Fail after adding." in result.output
     assert "items" not in result.output.lower().replace("add items.", "")
+
+
+def test_without_run_async_typer_drops_the_coroutine() -> None:
+    # Why run_async exists: typer calls the command, exits 0, and the coroutine never runs.
+    app = typer.Typer()
+
+    @app.command()
+    @uow.with_services(AsyncItemService, database=uow.Database("sqlite+aiosqlite://"))
+    async def add(items: AsyncItemService, name: str) -> None:
+        await items.add(name)
+
+    result = CliRunner().invoke(app, ["never"], standalone_mode=False)
+    assert result.exit_code == 0
+    assert inspect.iscoroutine(result.return_value)
+    result.return_value.close()
