@@ -199,7 +199,7 @@ def plan_function(
         if parameter.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     ]
     positional_targets = tuple((positional.index(name), name) for name in positional if name in hidden)
-    visible = signature.replace(parameters=[p for n, p in parameters.items() if n not in hidden])
+    visible = _visible_signature(signature, hidden, hints)
     annotations = {k: v for k, v in getattr(fn, "__annotations__", {}).items() if k not in hidden}
     return FunctionPlan(
         fn,
@@ -212,6 +212,26 @@ def plan_function(
         spec=spec,
         retry=retry_policy,
     )
+
+
+def _visible_signature(signature: inspect.Signature, hidden: set[str], hints: dict[str, Any]) -> inspect.Signature:
+    """`signature` without the injected parameters, its annotations evaluated where they can be.
+
+    Under ``from __future__ import annotations`` the annotations are strings, and frameworks
+    evaluate them in the globals of the function they inspect: the wrapper's are uow's, so
+    typer would lose ``Annotated[str, typer.Option(...)]`` and FastAPI could not find the types.
+    """
+
+    def resolved(name: str, annotation: Any) -> Any:
+        hint = hints.get(name, annotation)
+        return annotation if isinstance(hint, str) else hint
+
+    parameters = [
+        parameter.replace(annotation=resolved(name, parameter.annotation))
+        for name, parameter in signature.parameters.items()
+        if name not in hidden
+    ]
+    return signature.replace(parameters=parameters, return_annotation=resolved("return", signature.return_annotation))
 
 
 def _rename_hint(reserved: str) -> str:
