@@ -34,7 +34,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Union
 
-from sqlalchemy import event, text
+from sqlalchemy import Connection, event
 from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
 from sqlalchemy.orm import Session, SessionTransaction
 
@@ -180,7 +180,6 @@ class Transaction:
                     _rollback_quietly_sync(session)
                     raise
             else:
-                _end_read_only_sync(session, self.read_only)
                 _rollback_preserving_sync(session, exc)
         finally:
             _close_preserving_sync(session, exc)
@@ -208,7 +207,6 @@ class Transaction:
                     await _rollback_quietly_async(session)
                     raise
             else:
-                await _end_read_only_async(session, self.read_only)
                 await _rollback_preserving_async(session, exc)
         finally:
             await _close_preserving_async(session, exc)
@@ -703,23 +701,35 @@ def _rollback_only_error(tx: Transaction, *, savepoint: bool = False) -> Rollbac
 def _apply_begin_options_sync(session: Session, read_only: bool, isolation_level: str | None) -> None:
     if isolation_level is None and not read_only:
         return
-    options = {"isolation_level": isolation_level} if isolation_level is not None else {}
-    connection = session.connection(execution_options=options)
     if read_only:
-        statement = _read_only_statement(connection.dialect.name)
-        if statement is not None:
-            connection.exec_driver_sql(statement)
+        event.listen(session, "after_begin", _refuse_writes)
+    options = {"isolation_level": isolation_level} if isolation_level is not None else {}
+    session.connection(execution_options=options)
 
 
 async def _apply_begin_options_async(session: AsyncSession, read_only: bool, isolation_level: str | None) -> None:
     if isolation_level is None and not read_only:
         return
-    options = {"isolation_level": isolation_level} if isolation_level is not None else {}
-    connection = await session.connection(execution_options=options)
     if read_only:
-        statement = _read_only_statement(connection.dialect.name)
-        if statement is not None:
-            await connection.exec_driver_sql(statement)
+        event.listen(session.sync_session, "after_begin", _refuse_writes)
+    options = {"isolation_level": isolation_level} if isolation_level is not None else {}
+    await session.connection(execution_options=options)
+
+
+def _refuse_writes(_session: Session, transaction: SessionTransaction, connection: Connection) -> None:
+    """Ask the database to refuse writes in every transaction a read-only unit's session begins.
+
+    Every one, not just the first: code that commits or rolls back inside the unit gets a new
+    transaction, and MySQL's ``SET TRANSACTION READ ONLY`` covers a single transaction only.
+    """
+    if transaction.nested:
+        return
+    statement = _read_only_statement(connection.dialect.name)
+    if statement is None:
+        return
+    if connection.dialect.name == "sqlite":
+        _switch_query_only_off_on_return(connection)
+    connection.exec_driver_sql(statement)
 
 
 def _read_only_statement(dialect_name: str) -> str | None:
@@ -730,21 +740,29 @@ def _read_only_statement(dialect_name: str) -> str | None:
     return None
 
 
-def _end_read_only_sync(session: Session, read_only: bool) -> None:
-    # SQLite's query_only outlives the transaction: switch it off before the connection goes back to the pool.
-    if read_only and session.in_transaction() and session.get_bind().dialect.name == "sqlite":
-        try:
-            session.connection().execute(text("PRAGMA query_only = OFF"))
-        except Exception:
-            session.invalidate()
+_QUERY_ONLY_KEY = "uow_query_only"
 
 
-async def _end_read_only_async(session: AsyncSession, read_only: bool) -> None:
-    if read_only and session.in_transaction() and session.get_bind().dialect.name == "sqlite":
-        try:
-            await (await session.connection()).execute(text("PRAGMA query_only = OFF"))
-        except Exception:
-            await session.invalidate()
+def _switch_query_only_off_on_return(connection: Connection) -> None:
+    # SQLite's query_only belongs to the connection, not the transaction: undo it when the pool takes the
+    # connection back, whatever the unit did with its session (commit, rollback, close) before that.
+    connection.connection.info[_QUERY_ONLY_KEY] = True
+    pool = connection.engine.pool
+    if not event.contains(pool, "reset", _reset_query_only):
+        event.listen(pool, "reset", _reset_query_only)
+
+
+def _reset_query_only(dbapi_connection: Any, record: Any, reset_state: Any) -> None:
+    info = getattr(record, "info", None)
+    if not info or not info.pop(_QUERY_ONLY_KEY, False):
+        return
+    if reset_state.terminate_only or not reset_state.asyncio_safe:
+        return  # the connection is being thrown away
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA query_only = OFF")
+    finally:
+        cursor.close()
 
 
 def _rollback_preserving_sync(session: Session, exc: BaseException | None) -> None:
