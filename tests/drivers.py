@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
@@ -149,3 +149,24 @@ def normalise_level(value: object) -> str:
 
 def default_level(dialect: str) -> str:
     return {"postgresql": "READ COMMITTED", "mariadb": "REPEATABLE READ"}.get(dialect, "SERIALIZABLE")
+
+
+def backend_id_query(dialect: str) -> str:
+    """The statement that returns the server's id for the current connection (what an admin kills)."""
+    return "SELECT pg_backend_pid()" if dialect == "postgresql" else "SELECT CONNECTION_ID()"
+
+
+def kill(server: servers.Server, backend_id: int) -> None:
+    """End one server session from an admin connection, the way an operator or a failover would."""
+    if server.name == "postgresql":
+        admin = create_engine(servers.POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        # The timeout makes pg_terminate_backend wait until the backend is gone.
+        statement = text("SELECT pg_terminate_backend(:id, 5000)").bindparams(id=backend_id)
+    else:
+        admin = create_engine(servers.MYSQL_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        statement = text(f"KILL {int(backend_id)}")
+    try:
+        with admin.connect() as connection:
+            connection.execute(statement)
+    finally:
+        admin.dispose()
