@@ -44,7 +44,7 @@ class Cluster:
     def contents(self) -> dict[str, list[str]]:
         """What each database holds, read with a sync engine of its own."""
         found: dict[str, list[str]] = {}
-        for role, url in zip(ROLES, self.urls):
+        for role, url in zip(ROLES, self.urls, strict=True):
             engine = sync_engine(url)
             try:
                 with engine.connect() as connection:
@@ -113,7 +113,7 @@ def build_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cl
         replica_urls = [target.url.set(database=server.database) for server in replica_servers]
     cluster = Cluster(target, [target.url, *replica_urls], replica_servers)
     try:
-        for role, url in zip(ROLES, cluster.urls):
+        for role, url in zip(ROLES, cluster.urls, strict=True):
             seed(url, role)
         yield cluster
     finally:
