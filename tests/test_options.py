@@ -344,6 +344,25 @@ def test_isolation_level_holds_inside_the_unit_and_is_gone_after_it(db: uow.Data
         assert after() == (drivers.default_level(sync_target.dialect), connection)
 
 
+def test_isolation_level_holds_for_every_transaction_of_the_unit(db: uow.Database, sync_target: Target) -> None:
+    level = OTHER_LEVEL[sync_target.dialect]
+    query = text(drivers.isolation_query(sync_target.dialect))
+
+    @uow.unit_of_work(database=db, isolation_level=level)
+    def commit_halfway(session: Session) -> list[str]:
+        seen = [drivers.normalise_level(session.execute(query).scalar())]
+        session.add(Item(name="first half"))
+        session.commit()
+        seen.append(drivers.normalise_level(session.execute(query).scalar()))
+        session.rollback()
+        seen.append(drivers.normalise_level(session.execute(query).scalar()))
+        return seen
+
+    assert commit_halfway() == [level, level, level]
+    with uow.unit_of_work(database=db) as session:
+        assert drivers.normalise_level(session.execute(query).scalar()) == drivers.default_level(sync_target.dialect)
+
+
 def test_isolation_level_with_read_only(db: uow.Database, sync_target: Target) -> None:
     level = OTHER_LEVEL[sync_target.dialect]
     query = text(drivers.isolation_query(sync_target.dialect))
@@ -427,6 +446,28 @@ async def test_async_isolation_level_holds_inside_the_unit_and_is_gone_after_it(
         seen, connection = await inside()
         assert seen == level
         assert await after() == (drivers.default_level(async_target.dialect), connection)
+
+
+async def test_async_isolation_level_holds_for_every_transaction_of_the_unit(
+    adb: uow.Database, async_target: Target
+) -> None:
+    level = OTHER_LEVEL[async_target.dialect]
+    query = text(drivers.isolation_query(async_target.dialect))
+
+    @uow.unit_of_work(database=adb, isolation_level=level)
+    async def commit_halfway(session: AsyncSession) -> list[str]:
+        seen = [drivers.normalise_level((await session.execute(query)).scalar())]
+        session.add(Item(name="first half"))
+        await session.commit()
+        seen.append(drivers.normalise_level((await session.execute(query)).scalar()))
+        await session.rollback()
+        seen.append(drivers.normalise_level((await session.execute(query)).scalar()))
+        return seen
+
+    assert await commit_halfway() == [level, level, level]
+    async with uow.unit_of_work(database=adb) as session:
+        seen = drivers.normalise_level((await session.execute(query)).scalar())
+        assert seen == drivers.default_level(async_target.dialect)
 
 
 async def test_async_isolation_level_with_read_only(adb: uow.Database, async_target: Target) -> None:

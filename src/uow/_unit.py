@@ -34,8 +34,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Union
 
-from sqlalchemy import Connection, event
-from sqlalchemy.ext.asyncio import AsyncSession, AsyncSessionTransaction
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, AsyncSessionTransaction
 from sqlalchemy.orm import Session, SessionTransaction
 
 from uow._database import Database, get_default_database
@@ -137,7 +137,7 @@ class Transaction:
         """The session, made from the Database on first use with the transaction's options applied."""
         if self.session is None:
             assert self.database is not None
-            session = self.database.session_factory_for(read_only=self.read_only)()
+            session = _new_session(self.database, self.read_only, self.isolation_level)
             assert isinstance(session, Session)
             try:
                 _apply_begin_options_sync(session, self.read_only, self.isolation_level)
@@ -151,7 +151,7 @@ class Transaction:
         """The session, made from the Database on first use with the transaction's options applied."""
         if self.session is None:
             assert self.database is not None
-            session = self.database.session_factory_for(read_only=self.read_only)()
+            session = _new_session(self.database, self.read_only, self.isolation_level)
             assert isinstance(session, AsyncSession)
             try:
                 await _apply_begin_options_async(session, self.read_only, self.isolation_level)
@@ -698,13 +698,25 @@ def _rollback_only_error(tx: Transaction, *, savepoint: bool = False) -> Rollbac
 # -- session effects --------------------------------------------------------------------------
 
 
+def _new_session(database: Database, read_only: bool, isolation_level: str | None) -> AnySession:
+    """A session for a unit that begins its own transaction (on a replica when it is read-only).
+
+    With an isolation level, the session is bound to the engine with that level as an execution
+    option, so every connection it takes runs at it: also after a commit or rollback inside the unit.
+    """
+    factory = database.session_factory_for(read_only=read_only)
+    bind = factory.kw.get("bind")
+    if isolation_level is not None and isinstance(bind, (Engine, AsyncEngine)):
+        return factory(bind=bind.execution_options(isolation_level=isolation_level))
+    return factory()
+
+
 def _apply_begin_options_sync(session: Session, read_only: bool, isolation_level: str | None) -> None:
     if isolation_level is None and not read_only:
         return
     if read_only:
         event.listen(session, "after_begin", _refuse_writes)
-    options = {"isolation_level": isolation_level} if isolation_level is not None else {}
-    session.connection(execution_options=options)
+    session.connection(execution_options=_isolation_option(session, isolation_level))
 
 
 async def _apply_begin_options_async(session: AsyncSession, read_only: bool, isolation_level: str | None) -> None:
@@ -712,8 +724,20 @@ async def _apply_begin_options_async(session: AsyncSession, read_only: bool, iso
         return
     if read_only:
         event.listen(session.sync_session, "after_begin", _refuse_writes)
-    options = {"isolation_level": isolation_level} if isolation_level is not None else {}
-    await session.connection(execution_options=options)
+    await session.connection(execution_options=_isolation_option(session.sync_session, isolation_level))
+
+
+def _isolation_option(session: Session, isolation_level: str | None) -> dict[str, Any]:
+    # Connecting now surfaces a bad level at the unit's start. A session made from a factory without an
+    # engine bind (`_new_session` could not bind the level) gets it on this first connection only.
+    if isolation_level is None or _bound_level(session) == isolation_level:
+        return {}
+    return {"isolation_level": isolation_level}
+
+
+def _bound_level(session: Session) -> object:
+    bind = session.bind
+    return bind.get_execution_options().get("isolation_level") if isinstance(bind, Engine) else None
 
 
 def _refuse_writes(_session: Session, transaction: SessionTransaction, connection: Connection) -> None:
