@@ -532,7 +532,7 @@ def test_opposite_lock_order_both_units_succeed_with_retry(
         workers, failures = run_opposite_locks_sync(target, database, retry=Retry(attempts=3, backoff=0.01))
     assert failures == []
     assert counter_values(database) == [2, 2]
-    assert sorted(w.attempts for w in workers) == [1, 2]
+    assert sorted(w.attempts for w in workers) == [1, 2], caplog.text
     assert record_retries(f"{target.driver} deadlock", caplog, workers) == 1
 
 
@@ -556,7 +556,7 @@ async def test_async_opposite_lock_order_both_units_succeed_with_retry(
         workers, failures = await run_opposite_locks_async(target, database, retry=Retry(attempts=3, backoff=0.01))
     assert failures == []
     assert await counter_values_async(database) == [2, 2]
-    assert sorted(w.attempts for w in workers) == [1, 2]
+    assert sorted(w.attempts for w in workers) == [1, 2], caplog.text
     assert record_retries(f"{target.driver} deadlock", caplog, workers) == 1
 
 
