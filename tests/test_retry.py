@@ -648,3 +648,89 @@ async def test_async_a_connection_killed_mid_unit_is_retried_on_a_new_one(
         return backend, list((await session.scalars(select(Item.name).order_by(Item.name))).all())
 
     assert await after() == (backends[1], ["item 2", "item again"])
+
+
+# -- SQLite: a second writer finds the database locked ------------------------------------------
+
+
+@pytest.fixture
+def locking_sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Target, uow.Database]]:
+    """SQLite that reports "database is locked" at once instead of waiting for the other writer."""
+    target = drivers.target(request, "sqlite", tmp_path)
+    database = drivers.open_sync(target, engine_options={"connect_args": {"timeout": 0}})
+    yield target, database
+    drivers.close_sync(database, target)
+
+
+@pytest.fixture
+async def async_locking_sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[uow.Database]:
+    target = drivers.target(request, "sqlite+aiosqlite", tmp_path)
+    database = await drivers.open_async(target, engine_options={"connect_args": {"timeout": 0}})
+    yield database
+    await drivers.close_async(database, target)
+
+
+def test_sqlite_database_locked_is_retried_until_the_other_writer_commits(
+    locking_sqlite: tuple[Target, uow.Database], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, database = locking_sqlite
+    holding = threading.Event()
+    locked_out = threading.Event()
+
+    def noting_lock_out(exc: BaseException) -> bool:
+        locked_out.set()
+        return is_transient(exc)
+
+    @uow.with_services(ItemService, database=database)
+    def hold_the_lock(items: ItemService) -> None:
+        items.add("first writer")
+        holding.set()
+        assert locked_out.wait(timeout=20)
+
+    @uow.with_services(
+        ItemService, database=database, retry=Retry(attempts=20, backoff=0.005, retry_on=noting_lock_out)
+    )
+    def write(items: ItemService) -> None:
+        items.add("second writer")
+
+    with caplog.at_level(logging.WARNING, logger="uow"), ThreadPoolExecutor(max_workers=1) as pool:
+        holder = pool.submit(hold_the_lock)
+        assert holding.wait(timeout=20)
+        write()
+        holder.result(timeout=20)
+    assert retries_logged(caplog) >= 1
+    assert "database is locked" in caplog.records[0].getMessage()
+    with uow.provide_services(ItemService, database=database) as (items,):
+        assert items.names() == ["first writer", "second writer"]
+
+
+async def test_async_sqlite_database_locked_is_retried_until_the_other_writer_commits(
+    async_locking_sqlite: uow.Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    database = async_locking_sqlite
+    holding = asyncio.Event()
+    locked_out = asyncio.Event()
+
+    def noting_lock_out(exc: BaseException) -> bool:
+        locked_out.set()
+        return is_transient(exc)
+
+    @uow.with_services(AsyncItemService, database=database)
+    async def hold_the_lock(items: AsyncItemService) -> None:
+        await items.add("first writer")
+        holding.set()
+        await asyncio.wait_for(locked_out.wait(), timeout=20)
+
+    @uow.with_services(
+        AsyncItemService, database=database, retry=Retry(attempts=20, backoff=0.005, retry_on=noting_lock_out)
+    )
+    async def write(items: AsyncItemService) -> None:
+        await holding.wait()
+        await items.add("second writer")
+
+    with caplog.at_level(logging.WARNING, logger="uow"):
+        await asyncio.wait_for(asyncio.gather(hold_the_lock(), write()), timeout=30)
+    assert retries_logged(caplog) >= 1
+    assert "database is locked" in caplog.records[0].getMessage()
+    async with uow.provide_services(AsyncItemService, database=database) as (items,):
+        assert await items.names() == ["first writer", "second writer"]
