@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, event, insert, select, text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
-from sqlalchemy.orm import Session
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 import uow
 from tests import drivers
@@ -526,3 +526,58 @@ async def test_async_savepoints_still_work_after_an_isolation_level_unit(
                 await inner.flush()
                 raise RuntimeError("roll back to the savepoint")
     assert await names_async(adb) == ["kept"]
+
+
+# -- a caller's connection (what uow.testing binds units to) -------------------------------------
+
+
+def test_read_only_unit_on_a_callers_connection_leaves_its_transaction_writable(
+    db: uow.Database, sync_target: Target
+) -> None:
+    assert isinstance(db.engine, Engine)
+    with db.engine.connect() as connection:
+        connection.begin()
+        factory = sessionmaker(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+        bound = uow.Database(session_factory=factory)
+
+        @uow.unit_of_work(database=bound, read_only=True)
+        def write(session: Session) -> None:
+            session.execute(insert(Item).values(name="in a read-only unit"))
+
+        if sync_target.dialect == "mariadb":
+            write()  # MySQL cannot make the caller's running transaction read-only; the unit still rolls back
+        else:
+            with pytest.raises(DBAPIError, match=READ_ONLY_REFUSAL):
+                write()
+        with uow.unit_of_work(database=bound) as session:
+            session.add(Item(name="written"))
+        with uow.unit_of_work(database=bound, read_only=True) as session:
+            assert list(session.scalars(select(Item.name))) == ["written"]
+        connection.rollback()
+    assert names_sync(db) == []
+
+
+async def test_async_read_only_unit_on_a_callers_connection_leaves_its_transaction_writable(
+    adb: uow.Database, async_target: Target
+) -> None:
+    assert isinstance(adb.engine, AsyncEngine)
+    async with adb.engine.connect() as connection:
+        await connection.begin()
+        factory = async_sessionmaker(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+        bound = uow.Database(session_factory=factory)
+
+        @uow.unit_of_work(database=bound, read_only=True)
+        async def write(session: AsyncSession) -> None:
+            await session.execute(insert(Item).values(name="in a read-only unit"))
+
+        if async_target.dialect == "mariadb":
+            await write()  # MySQL cannot make the caller's running transaction read-only; the unit still rolls back
+        else:
+            with pytest.raises(DBAPIError, match=READ_ONLY_REFUSAL):
+                await write()
+        async with uow.unit_of_work(database=bound) as session:
+            session.add(Item(name="written"))
+        async with uow.unit_of_work(database=bound, read_only=True) as session:
+            assert list((await session.scalars(select(Item.name))).all()) == ["written"]
+        await connection.rollback()
+    assert await names_async(adb) == []

@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Union
 
 from sqlalchemy import Connection, Engine, event
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, AsyncSessionTransaction
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncSessionTransaction
 from sqlalchemy.orm import Session, SessionTransaction
 
 from uow._database import Database, get_default_database
@@ -180,6 +180,7 @@ class Transaction:
                     _rollback_quietly_sync(session)
                     raise
             else:
+                _end_read_only_sync(session, self.read_only)
                 _rollback_preserving_sync(session, exc)
         finally:
             _close_preserving_sync(session, exc)
@@ -207,6 +208,7 @@ class Transaction:
                     await _rollback_quietly_async(session)
                     raise
             else:
+                await _end_read_only_async(session, self.read_only)
                 await _rollback_preserving_async(session, exc)
         finally:
             await _close_preserving_async(session, exc)
@@ -740,7 +742,7 @@ def _bound_level(session: Session) -> object:
     return bind.get_execution_options().get("isolation_level") if isinstance(bind, Engine) else None
 
 
-def _refuse_writes(_session: Session, transaction: SessionTransaction, connection: Connection) -> None:
+def _refuse_writes(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
     """Ask the database to refuse writes in every transaction a read-only unit's session begins.
 
     Every one, not just the first: code that commits or rolls back inside the unit gets a new
@@ -748,12 +750,30 @@ def _refuse_writes(_session: Session, transaction: SessionTransaction, connectio
     """
     if transaction.nested:
         return
-    statement = _read_only_statement(connection.dialect.name)
+    dialect = connection.dialect.name
+    statement = _read_only_statement(dialect)
     if statement is None:
         return
-    if connection.dialect.name == "sqlite":
+    on_callers_connection = isinstance(session.bind, Connection)
+    if dialect == "sqlite" and not on_callers_connection:
         _switch_query_only_off_on_return(connection)
+    elif dialect in ("mysql", "mariadb") and on_callers_connection:
+        return  # the caller's transaction is running, and MySQL cannot make a running transaction read-only
     connection.exec_driver_sql(statement)
+
+
+def _end_read_only_sync(session: Session, read_only: bool) -> None:
+    # A caller's connection (uow.testing binds units to one) does not go back to the pool when the unit
+    # ends, so the pool cannot undo SQLite's query_only on it: undo it here.
+    bind = session.bind
+    if read_only and isinstance(bind, Connection) and bind.dialect.name == "sqlite":
+        bind.exec_driver_sql("PRAGMA query_only = OFF")
+
+
+async def _end_read_only_async(session: AsyncSession, read_only: bool) -> None:
+    bind = session.bind
+    if read_only and isinstance(bind, AsyncConnection) and bind.dialect.name == "sqlite":
+        await bind.exec_driver_sql("PRAGMA query_only = OFF")
 
 
 def _read_only_statement(dialect_name: str) -> str | None:
