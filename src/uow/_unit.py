@@ -34,8 +34,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Union
 
-from sqlalchemy import Connection, event, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, AsyncSessionTransaction
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncSessionTransaction
 from sqlalchemy.orm import Session, SessionTransaction
 
 from uow._database import Database, get_default_database
@@ -139,7 +139,7 @@ class Transaction:
         """The session, made from the Database on first use with the transaction's options applied."""
         if self.session is None:
             assert self.database is not None
-            session = self.database.session_factory_for(read_only=self.read_only)()
+            session = _new_session(self.database, self.read_only, self.isolation_level)
             assert isinstance(session, Session)
             session.info[OPENED_BY_KEY] = self.what
             try:
@@ -154,7 +154,7 @@ class Transaction:
         """The session, made from the Database on first use with the transaction's options applied."""
         if self.session is None:
             assert self.database is not None
-            session = self.database.session_factory_for(read_only=self.read_only)()
+            session = _new_session(self.database, self.read_only, self.isolation_level)
             assert isinstance(session, AsyncSession)
             session.info[OPENED_BY_KEY] = self.what
             try:
@@ -722,26 +722,80 @@ def _rollback_only_error(tx: Transaction, *, savepoint: bool = False) -> Rollbac
 # -- session effects --------------------------------------------------------------------------
 
 
+def _new_session(database: Database, read_only: bool, isolation_level: str | None) -> AnySession:
+    """A session for a unit that begins its own transaction (on a replica when it is read-only).
+
+    With an isolation level, the session is bound to the engine with that level as an execution
+    option, so every connection it takes runs at it: also after a commit or rollback inside the unit.
+    """
+    factory = database.session_factory_for(read_only=read_only)
+    bind = factory.kw.get("bind")
+    if isolation_level is not None and isinstance(bind, (Engine, AsyncEngine)):
+        return factory(bind=bind.execution_options(isolation_level=isolation_level))
+    return factory()
+
+
 def _apply_begin_options_sync(session: Session, read_only: bool, isolation_level: str | None) -> None:
     if isolation_level is None and not read_only:
         return
-    options = {"isolation_level": isolation_level} if isolation_level is not None else {}
-    connection = session.connection(execution_options=options)
     if read_only:
-        statement = _read_only_statement(connection.dialect.name)
-        if statement is not None:
-            connection.exec_driver_sql(statement)
+        event.listen(session, "after_begin", _refuse_writes)
+    session.connection(execution_options=_isolation_option(session, isolation_level))
 
 
 async def _apply_begin_options_async(session: AsyncSession, read_only: bool, isolation_level: str | None) -> None:
     if isolation_level is None and not read_only:
         return
-    options = {"isolation_level": isolation_level} if isolation_level is not None else {}
-    connection = await session.connection(execution_options=options)
     if read_only:
-        statement = _read_only_statement(connection.dialect.name)
-        if statement is not None:
-            await connection.exec_driver_sql(statement)
+        event.listen(session.sync_session, "after_begin", _refuse_writes)
+    await session.connection(execution_options=_isolation_option(session.sync_session, isolation_level))
+
+
+def _isolation_option(session: Session, isolation_level: str | None) -> dict[str, Any]:
+    # Connecting now surfaces a bad level at the unit's start. A session made from a factory without an
+    # engine bind (`_new_session` could not bind the level) gets it on this first connection only.
+    if isolation_level is None or _bound_level(session) == isolation_level:
+        return {}
+    return {"isolation_level": isolation_level}
+
+
+def _bound_level(session: Session) -> object:
+    bind = session.bind
+    return bind.get_execution_options().get("isolation_level") if isinstance(bind, Engine) else None
+
+
+def _refuse_writes(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
+    """Ask the database to refuse writes in every transaction a read-only unit's session begins.
+
+    Every one, not just the first: code that commits or rolls back inside the unit gets a new
+    transaction, and MySQL's ``SET TRANSACTION READ ONLY`` covers a single transaction only.
+    """
+    if transaction.nested:
+        return
+    dialect = connection.dialect.name
+    statement = _read_only_statement(dialect)
+    if statement is None:
+        return
+    on_callers_connection = isinstance(session.bind, Connection)
+    if dialect == "sqlite" and not on_callers_connection:
+        _switch_query_only_off_on_return(connection)
+    elif dialect in ("mysql", "mariadb") and on_callers_connection:
+        return  # the caller's transaction is running, and MySQL cannot make a running transaction read-only
+    connection.exec_driver_sql(statement)
+
+
+def _end_read_only_sync(session: Session, read_only: bool) -> None:
+    # A caller's connection (uow.testing binds units to one) does not go back to the pool when the unit
+    # ends, so the pool cannot undo SQLite's query_only on it: undo it here.
+    bind = session.bind
+    if read_only and isinstance(bind, Connection) and bind.dialect.name == "sqlite":
+        bind.exec_driver_sql("PRAGMA query_only = OFF")
+
+
+async def _end_read_only_async(session: AsyncSession, read_only: bool) -> None:
+    bind = session.bind
+    if read_only and isinstance(bind, AsyncConnection) and bind.dialect.name == "sqlite":
+        await bind.exec_driver_sql("PRAGMA query_only = OFF")
 
 
 def _read_only_statement(dialect_name: str) -> str | None:
@@ -752,29 +806,29 @@ def _read_only_statement(dialect_name: str) -> str | None:
     return None
 
 
-def _end_read_only_sync(session: Session, read_only: bool) -> None:
-    # SQLite's query_only outlives the transaction: switch it off before the connection goes back to the pool.
-    if read_only and session.in_transaction() and session.get_bind().dialect.name == "sqlite":
-        if isinstance(session.bind, Connection):
-            # The caller's connection (uow.testing's): reset it directly, even after a refused write,
-            # since invalidating it would end the caller's transaction.
-            session.bind.exec_driver_sql("PRAGMA query_only = OFF")
-            return
-        try:
-            session.connection().execute(text("PRAGMA query_only = OFF"))
-        except Exception:
-            session.invalidate()
+_QUERY_ONLY_KEY = "uow_query_only"
 
 
-async def _end_read_only_async(session: AsyncSession, read_only: bool) -> None:
-    if read_only and session.in_transaction() and session.get_bind().dialect.name == "sqlite":
-        if isinstance(session.bind, AsyncConnection):
-            await session.bind.exec_driver_sql("PRAGMA query_only = OFF")
-            return
-        try:
-            await (await session.connection()).execute(text("PRAGMA query_only = OFF"))
-        except Exception:
-            await session.invalidate()
+def _switch_query_only_off_on_return(connection: Connection) -> None:
+    # SQLite's query_only belongs to the connection, not the transaction: undo it when the pool takes the
+    # connection back, whatever the unit did with its session (commit, rollback, close) before that.
+    connection.connection.info[_QUERY_ONLY_KEY] = True
+    pool = connection.engine.pool
+    if not event.contains(pool, "reset", _reset_query_only):
+        event.listen(pool, "reset", _reset_query_only)
+
+
+def _reset_query_only(dbapi_connection: Any, record: Any, reset_state: Any) -> None:
+    info = getattr(record, "info", None)
+    if not info or not info.pop(_QUERY_ONLY_KEY, False):
+        return
+    if reset_state.terminate_only or not reset_state.asyncio_safe:
+        return  # the connection is being thrown away
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA query_only = OFF")
+    finally:
+        cursor.close()
 
 
 def _rollback_preserving_sync(session: Session, exc: BaseException | None) -> None:
