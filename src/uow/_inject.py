@@ -35,6 +35,7 @@ from uow._unit import (
     Propagation,
     Transaction,
     UnitSpec,
+    _note_secondary,
     enter_async,
     enter_sync,
     exit_async,
@@ -440,7 +441,7 @@ def _fail_sync(unit: ActiveUnit, closers: list[Any], exc: BaseException) -> None
         try:
             close_sync(closers, exc)
         except BaseException as close_error:
-            _note(exc, "finishing a provider", close_error)
+            _note_secondary(exc, "finishing a provider", close_error)
     exit_sync(unit, exc)
 
 
@@ -512,7 +513,7 @@ async def _fail_async(unit: ActiveUnit, closers: list[Any], exc: BaseException) 
         try:
             await close_async(closers, exc)
         except BaseException as close_error:
-            _note(exc, "finishing a provider", close_error)
+            _note_secondary(exc, "finishing a provider", close_error)
     await exit_async(unit, exc)
 
 
@@ -524,13 +525,6 @@ async def _succeed_async(unit: ActiveUnit, closers: list[Any]) -> None:
             await exit_async(unit, exc)
             raise
     await exit_async(unit, None)
-
-
-def _note(primary: BaseException, doing: str, secondary: BaseException) -> None:
-    logger.error("uow: %s failed while handling %r", doing, primary, exc_info=secondary)
-    add_note = getattr(primary, "add_note", None)
-    if add_note is not None:
-        add_note(f"uow: {doing} also failed: {secondary!r}")
 
 
 # -- wrapping ---------------------------------------------------------------------------------

@@ -164,33 +164,50 @@ class Transaction:
     # -- finishing (owned transactions) ------------------------------------------------------
 
     def finish_sync(self, exc: BaseException | None) -> None:
-        """Commit (no exception, not rollback-only, not read-only) or roll back; always close; then run hooks."""
+        """Commit (no exception, not rollback-only, not read-only) or roll back; always close; then run hooks.
+
+        Once the commit went through, the unit's work is done: a failure to close afterwards is
+        logged, not raised, and the hooks still run (an interrupt is re-raised after them).
+        """
         session = self.session
         if session is None:
             self._finish_without_session(exc)
             return
         assert isinstance(session, Session)
-        committed = False
         try:
-            if exc is None and not self.root.rollback_only and not self.read_only:
-                try:
-                    session.commit()
-                    committed = True
-                except BaseException:
-                    _rollback_quietly_sync(session)
-                    raise
-            else:
-                _end_read_only_sync(session, self.read_only)
-                _rollback_preserving_sync(session, exc)
-        finally:
+            committed = self._commit_or_roll_back_sync(session, exc)
+        except BaseException as failure:
+            # The commit (or rollback) failed: that failure is what the caller sees, not a close error.
+            _close_preserving_sync(session, failure)
+            raise
+        if not committed:
             _close_preserving_sync(session, exc)
-        if committed:
-            self.run_hooks_sync()
-        elif exc is None and self.root.rollback_only:
-            raise _rollback_only_error(self)
+            if exc is None and self.root.rollback_only:
+                raise _rollback_only_error(self)
+            return
+        interrupt = _close_after_commit_sync(session)
+        self.run_hooks_sync()
+        if interrupt is not None:
+            raise interrupt
+
+    def _commit_or_roll_back_sync(self, session: Session, exc: BaseException | None) -> bool:
+        if exc is None and not self.root.rollback_only and not self.read_only:
+            try:
+                session.commit()
+            except BaseException:
+                _rollback_quietly_sync(session)
+                raise
+            return True
+        _end_read_only_sync(session, self.read_only)
+        _rollback_preserving_sync(session, exc)
+        return False
 
     async def finish_async(self, exc: BaseException | None) -> None:
-        """Commit (no exception, not rollback-only, not read-only) or roll back; always close; then run hooks."""
+        """Commit (no exception, not rollback-only, not read-only) or roll back; always close; then run hooks.
+
+        Once the commit went through, the unit's work is done: a failure to close afterwards is
+        logged, not raised, and the hooks still run (a cancellation is re-raised after them).
+        """
         session = self.session
         if session is None:
             self._finish_without_session(exc)
@@ -198,24 +215,33 @@ class Transaction:
                 await self._run_async_hooks_only()
             return
         assert isinstance(session, AsyncSession)
-        committed = False
         try:
-            if exc is None and not self.root.rollback_only and not self.read_only:
-                try:
-                    await session.commit()
-                    committed = True
-                except BaseException:
-                    await _rollback_quietly_async(session)
-                    raise
-            else:
-                await _end_read_only_async(session, self.read_only)
-                await _rollback_preserving_async(session, exc)
-        finally:
+            committed = await self._commit_or_roll_back_async(session, exc)
+        except BaseException as failure:
+            # The commit (or rollback) failed: that failure is what the caller sees, not a close error.
+            await _close_preserving_async(session, failure)
+            raise
+        if not committed:
             await _close_preserving_async(session, exc)
-        if committed:
-            await self.run_hooks_async()
-        elif exc is None and self.root.rollback_only:
-            raise _rollback_only_error(self)
+            if exc is None and self.root.rollback_only:
+                raise _rollback_only_error(self)
+            return
+        interrupt = await _close_after_commit_async(session)
+        await self.run_hooks_async()
+        if interrupt is not None:
+            raise interrupt
+
+    async def _commit_or_roll_back_async(self, session: AsyncSession, exc: BaseException | None) -> bool:
+        if exc is None and not self.root.rollback_only and not self.read_only:
+            try:
+                await session.commit()
+            except BaseException:
+                await _rollback_quietly_async(session)
+                raise
+            return True
+        await _end_read_only_async(session, self.read_only)
+        await _rollback_preserving_async(session, exc)
+        return False
 
     def _finish_without_session(self, exc: BaseException | None) -> None:
         # Nothing touched the database: there is nothing to commit, but hooks still follow the outcome.
@@ -795,6 +821,28 @@ async def _close_preserving_async(session: AsyncSession, exc: BaseException | No
         if exc is None:
             raise
         _note_secondary(exc, "closing the session", close_error)
+
+
+def _close_after_commit_sync(session: Session) -> BaseException | None:
+    """Close a committed session; a failure is logged (the commit stands), an interrupt handed back."""
+    try:
+        session.close()
+    except Exception:
+        logger.exception("uow: closing the session after its commit failed; the commit stands")
+    except BaseException as interrupt:
+        return interrupt
+    return None
+
+
+async def _close_after_commit_async(session: AsyncSession) -> BaseException | None:
+    """Close a committed session; a failure is logged (the commit stands), a cancellation handed back."""
+    try:
+        await _close_async(session)
+    except Exception:
+        logger.exception("uow: closing the session after its commit failed; the commit stands")
+    except BaseException as interrupt:
+        return interrupt
+    return None
 
 
 async def _close_async(session: AsyncSession) -> None:
