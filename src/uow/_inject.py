@@ -35,6 +35,7 @@ from uow._unit import (
     Propagation,
     Transaction,
     UnitSpec,
+    _is_interrupt,
     _note_secondary,
     enter_async,
     enter_sync,
@@ -441,6 +442,9 @@ def _fail_sync(unit: ActiveUnit, closers: list[Any], exc: BaseException) -> None
         try:
             close_sync(closers, exc)
         except BaseException as close_error:
+            if _is_interrupt(close_error):
+                exit_sync(unit, close_error)
+                raise
             _note_secondary(exc, "finishing a provider", close_error)
     exit_sync(unit, exc)
 
@@ -513,6 +517,9 @@ async def _fail_async(unit: ActiveUnit, closers: list[Any], exc: BaseException) 
         try:
             await close_async(closers, exc)
         except BaseException as close_error:
+            if _is_interrupt(close_error):
+                await exit_async(unit, close_error)
+                raise
             _note_secondary(exc, "finishing a provider", close_error)
     await exit_async(unit, exc)
 

@@ -11,15 +11,15 @@ from tests.conftest import Backend
 from tests.models import Item
 
 
-def assert_no_leak(database: uow.Database, backend: Backend) -> None:
+def assert_no_leak(database: uow.Database, backend: Backend, context: str = "") -> None:
     """No connection checked out of `database`'s pool, no server session idle in a transaction."""
     engine = database.engine
     assert isinstance(engine, (Engine, AsyncEngine))
     checked_out = engine.pool.checkedout()  # type: ignore[attr-defined]
-    assert checked_out == 0, f"{checked_out} connection(s) still checked out of {database!r}"
+    assert checked_out == 0, f"{context}{checked_out} connection(s) still checked out of {database!r}"
     if backend.server is not None:
         leaked = servers.open_transactions(backend.server)
-        assert not leaked, f"server sessions left idle in a transaction: {leaked}"
+        assert not leaked, f"{context}server sessions left idle in a transaction: {leaked}"
 
 
 def item_names_sync(database: uow.Database) -> set[str]:
