@@ -32,6 +32,7 @@ import contextvars
 import enum
 import inspect
 import logging
+import os
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar, Union
 
@@ -314,6 +315,15 @@ class Frame:
 
 
 _current: contextvars.ContextVar[Frame | None] = contextvars.ContextVar("uow_current_unit", default=None)
+
+
+def _forget_parent_units() -> None:
+    """In a forked child, start with no active unit: the parent's sessions hold the parent's sockets."""
+    _current.set(None)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parent_units)
 
 
 def innermost_frame() -> Frame | None:
