@@ -96,4 +96,3 @@ def test_a_child_forked_inside_a_unit_starts_without_it(database: uow.Database) 
         assert parent_backend not in child_backends, "the child joined the parent's unit and its connection"
         # The parent's unit goes on, on its own connection.
         assert int(session.scalar(text("SELECT pg_backend_pid()")) or 0) == parent_backend
-
