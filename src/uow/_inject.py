@@ -287,7 +287,7 @@ def _match(
         if chosen is None:
             raise InjectionError(
                 f"{what} has no parameter for service {plan.label}: add a parameter annotated "
-                f"with it, or named {plan.names[0]!r}"
+                f"with it, or named {plan.names[0]!r}" + _variadic_hint(parameters)
             )
         if chosen in owner:
             raise InjectionError(
@@ -297,6 +297,13 @@ def _match(
         owner[chosen] = plan
         targets.append((chosen, plan))
     return targets
+
+
+def _variadic_hint(parameters: typing.Mapping[str, inspect.Parameter]) -> str:
+    kinds = {p.kind for p in parameters.values()}
+    if kinds & {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD}:
+        return " (*args and **kwargs cannot receive a service: uow passes each one by keyword to its own parameter)"
+    return ""
 
 
 def _match_by_name(
