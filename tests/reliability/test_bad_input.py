@@ -231,4 +231,3 @@ def test_no_database_at_all() -> None:
     message = str(refused.value)
     for pattern in [r"handler\(\) has no database", r"uow.configure\(Database\(url\)\)", r"database=\.\.\."]:
         assert re.search(pattern, message), f"{pattern!r} not in: {message}"
-

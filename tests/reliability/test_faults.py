@@ -428,3 +428,34 @@ async def assert_next_unit_works_async(database: uow.Database) -> None:
 
     await next_unit()
     await clear_items_async(database)
+
+
+# -- provide_services: the context manager form ----------------------------------------------------
+
+
+def test_provide_services_keeps_the_blocks_exception(backend: Backend, sync_db: uow.Database) -> None:
+    boom = Boom("block")
+    ARMED.clear()
+    ARMED.add("provider_finish_after_failure")
+    with pytest.raises(Boom) as seen:
+        with uow.provide_services(ItemService, provide_resource, database=sync_db) as (items, _):
+            items.add("a")
+            raise boom
+    assert seen.value is boom, "the provider's failure replaced the block's exception"
+    assert _in_chain(seen.value, RAISED["provider_finish_after_failure"])
+    assert_no_leak(sync_db, backend)
+    assert item_names_sync(sync_db) == set()
+
+
+async def test_provide_services_keeps_the_blocks_exception_async(backend: Backend, async_db: uow.Database) -> None:
+    boom = Boom("block")
+    ARMED.clear()
+    ARMED.add("provider_finish_after_failure")
+    with pytest.raises(Boom) as seen:
+        async with uow.provide_services(AsyncItemService, provide_async_resource, database=async_db) as (items, _):
+            await items.add("a")
+            raise boom
+    assert seen.value is boom, "the provider's failure replaced the block's exception"
+    assert _in_chain(seen.value, RAISED["provider_finish_after_failure"])
+    assert_no_leak(async_db, backend)
+    assert await item_names_async(async_db) == set()
