@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, func, select
+import atexit
+import functools
+
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import uow
@@ -18,8 +21,30 @@ def assert_no_leak(database: uow.Database, backend: Backend, context: str = "") 
     checked_out = engine.pool.checkedout()  # type: ignore[attr-defined]
     assert checked_out == 0, f"{context}{checked_out} connection(s) still checked out of {database!r}"
     if backend.server is not None:
-        leaked = servers.open_transactions(backend.server)
+        leaked = idle_in_transaction(backend.server)
         assert not leaked, f"{context}server sessions left idle in a transaction: {leaked}"
+
+
+_IDLE_IN_TRANSACTION = text(
+    "SELECT pid::text || ' ' || coalesce(query, '') FROM pg_stat_activity "
+    "WHERE datname = :db AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()"
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _admin() -> Engine:
+    # One admin connection for the whole run: the suite checks after every scenario, hundreds of times.
+    engine = servers._admin_engine(servers.POSTGRES_ADMIN_URL)
+    atexit.register(engine.dispose)
+    return engine
+
+
+def idle_in_transaction(server: servers.Server) -> list[str]:
+    """`servers.open_transactions`, on a connection kept open between checks (PostgreSQL)."""
+    if server.name != "postgresql":
+        return servers.open_transactions(server)
+    with _admin().connect() as connection:
+        return [row[0] for row in connection.execute(_IDLE_IN_TRANSACTION, {"db": server.database})]
 
 
 def item_names_sync(database: uow.Database) -> set[str]:
