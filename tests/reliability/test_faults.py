@@ -143,6 +143,7 @@ FAULTS = [
     Fault("deferred_constraint", error="integrity", armed=("none",)),
     Fault("rollback", error="boom", noted=True, body_raises=True),
     Fault("commit_and_rollback", armed=("commit", "rollback"), error="commit"),
+    Fault("commit_and_close", armed=("commit", "close"), error="commit"),
     Fault("close", error="boom", noted=True, body_raises=True),
     Fault("close_after_commit", rows=COMMITTED, error=None, hooks=("first", "second"), armed=("close",)),
     Fault("on_commit", rows=COMMITTED, error=None, hooks=("first", "second")),
