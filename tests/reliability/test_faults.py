@@ -82,6 +82,13 @@ def _before_commit(_: Session) -> None:
     fire("commit_interrupt", KeyboardInterrupt)
 
 
+@event.listens_for(FlakySession, "after_commit")
+def _after_commit(_: Session) -> None:
+    # COMMIT has gone through; what fails now fails inside session.commit() all the same.
+    fire("after_commit")
+    fire("after_commit_interrupt", KeyboardInterrupt)
+
+
 deferred_metadata = MetaData()
 parents = Table("reliability_parents", deferred_metadata, Column("id", Integer, primary_key=True))
 children = Table(
@@ -145,6 +152,7 @@ FAULTS = [
     Fault("commit_and_rollback", armed=("commit", "rollback"), error="commit"),
     Fault("commit_and_close", armed=("commit", "close"), error="commit"),
     Fault("close", error="boom", noted=True, body_raises=True),
+    Fault("after_commit", rows=COMMITTED, error=None, hooks=("first", "second")),
     Fault("close_after_commit", rows=COMMITTED, error=None, hooks=("first", "second"), armed=("close",)),
     Fault("on_commit", rows=COMMITTED, error=None, hooks=("first", "second")),
 ]
@@ -153,6 +161,7 @@ INTERRUPTS = [
     Fault("flush_interrupt", interrupt=True),
     Fault("commit_interrupt", interrupt=True),
     Fault("provider_start_interrupt", interrupt=True),
+    Fault("after_commit_interrupt", rows=COMMITTED, hooks=("first", "second"), interrupt=True),
 ]
 
 
