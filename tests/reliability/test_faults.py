@@ -8,6 +8,7 @@ put in its place).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -304,7 +305,7 @@ def run_sync_fault(database: uow.Database, fault: Fault) -> tuple[BaseException 
     ARMED.update(fault.arms)
     try:
         if fault.point == "open":
-            with _failing_session_init():
+            with failing_session_init():
                 unit()
         else:
             unit()
@@ -313,21 +314,20 @@ def run_sync_fault(database: uow.Database, fault: Fault) -> tuple[BaseException 
     return None, boom, hooks
 
 
-class _failing_session_init:
+@contextlib.contextmanager
+def failing_session_init() -> Iterator[None]:
     """Make FlakySession() itself raise while active: the unit cannot even get a session."""
+    original = FlakySession.__init__
 
-    def __enter__(self) -> None:
-        original = FlakySession.__init__
+    def init(session: FlakySession, *args: Any, **kwargs: Any) -> None:
+        fire("open")
+        original(session, *args, **kwargs)
 
-        def init(session: FlakySession, *args: Any, **kwargs: Any) -> None:
-            fire("open")
-            original(session, *args, **kwargs)
-
-        self.original = original
-        FlakySession.__init__ = init  # type: ignore[method-assign]
-
-    def __exit__(self, *_: object) -> None:
-        FlakySession.__init__ = self.original  # type: ignore[method-assign]
+    FlakySession.__init__ = init  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        FlakySession.__init__ = original  # type: ignore[method-assign]
 
 
 @pytest.mark.parametrize("faults", ["faults", "interrupts"])
@@ -394,7 +394,7 @@ async def run_async_fault(database: uow.Database, fault: Fault) -> tuple[BaseExc
     ARMED.update(fault.arms)
     try:
         if fault.point == "open":
-            with _failing_session_init():
+            with failing_session_init():
                 await unit()
         else:
             await unit()
