@@ -19,7 +19,17 @@ from uow._database import Database
 from uow._inject import BOTH_SESSION_AND_CONNECTION, NO_SERVICES, decorate, resolve_connection
 from uow._providers import ServicePlan, build_async, build_sync, close_async, close_sync, plan_service
 from uow._retry import Retry
-from uow._unit import ActiveUnit, Propagation, UnitSpec, enter_async, enter_sync, exit_async, exit_sync
+from uow._unit import (
+    ActiveUnit,
+    Propagation,
+    UnitSpec,
+    _is_interrupt,
+    _note_secondary,
+    enter_async,
+    enter_sync,
+    exit_async,
+    exit_sync,
+)
 from uow.errors import ConfigurationError, InjectionError
 
 __all__ = ["ServicesContext", "UnitOfWork", "provide_services", "unit_of_work", "with_services"]
@@ -434,8 +444,13 @@ class ServicesContext(Generic[T]):
         assert unit is not None
         try:
             close_sync(self._closers, exc)
-        finally:
-            exit_sync(unit, exc)
+        except BaseException as close_error:
+            # The block's exception stays the one the caller sees, unless this is an interrupt.
+            if _is_interrupt(close_error):
+                exit_sync(unit, close_error)
+                raise
+            _note_secondary(exc, "finishing a provider", close_error)
+        exit_sync(unit, exc)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -467,8 +482,13 @@ class ServicesContext(Generic[T]):
         assert unit is not None
         try:
             await close_async(self._closers, exc)
-        finally:
-            await exit_async(unit, exc)
+        except BaseException as close_error:
+            # The block's exception stays the one the caller sees, unless this is an interrupt.
+            if _is_interrupt(close_error):
+                await exit_async(unit, close_error)
+                raise
+            _note_secondary(exc, "finishing a provider", close_error)
+        await exit_async(unit, exc)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -35,6 +35,8 @@ from uow._unit import (
     Propagation,
     Transaction,
     UnitSpec,
+    _is_interrupt,
+    _note_secondary,
     enter_async,
     enter_sync,
     exit_async,
@@ -305,7 +307,7 @@ def _match(
         if chosen is None:
             raise InjectionError(
                 f"{what} has no parameter for service {plan.label}: add a parameter annotated "
-                f"with it, or named {plan.names[0]!r}"
+                f"with it, or named {plan.names[0]!r}" + _variadic_hint(parameters)
             )
         if chosen in owner:
             raise InjectionError(
@@ -315,6 +317,13 @@ def _match(
         owner[chosen] = plan
         targets.append((chosen, plan))
     return targets
+
+
+def _variadic_hint(parameters: typing.Mapping[str, inspect.Parameter]) -> str:
+    kinds = {p.kind for p in parameters.values()}
+    if kinds & {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD}:
+        return " (*args and **kwargs cannot receive a service: uow passes each one by keyword to its own parameter)"
+    return ""
 
 
 def _match_by_name(
@@ -460,7 +469,10 @@ def _fail_sync(unit: ActiveUnit, closers: list[Any], exc: BaseException) -> None
         try:
             close_sync(closers, exc)
         except BaseException as close_error:
-            _note(exc, "finishing a provider", close_error)
+            if _is_interrupt(close_error):
+                exit_sync(unit, close_error)
+                raise
+            _note_secondary(exc, "finishing a provider", close_error)
     exit_sync(unit, exc)
 
 
@@ -532,7 +544,10 @@ async def _fail_async(unit: ActiveUnit, closers: list[Any], exc: BaseException) 
         try:
             await close_async(closers, exc)
         except BaseException as close_error:
-            _note(exc, "finishing a provider", close_error)
+            if _is_interrupt(close_error):
+                await exit_async(unit, close_error)
+                raise
+            _note_secondary(exc, "finishing a provider", close_error)
     await exit_async(unit, exc)
 
 
@@ -544,13 +559,6 @@ async def _succeed_async(unit: ActiveUnit, closers: list[Any]) -> None:
             await exit_async(unit, exc)
             raise
     await exit_async(unit, None)
-
-
-def _note(primary: BaseException, doing: str, secondary: BaseException) -> None:
-    logger.error("uow: %s failed while handling %r", doing, primary, exc_info=secondary)
-    add_note = getattr(primary, "add_note", None)
-    if add_note is not None:
-        add_note(f"uow: {doing} also failed: {secondary!r}")
 
 
 # -- wrapping ---------------------------------------------------------------------------------

@@ -27,12 +27,14 @@ swallowed) is rolled back and `RollbackOnlyError` is raised instead of a commit.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import enum
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, Union
+import os
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar, Union
 
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncSessionTransaction
@@ -54,6 +56,7 @@ logger = logging.getLogger("uow")
 
 AnySession = Union[Session, AsyncSession]
 Hook = Callable[[], Any]
+T = TypeVar("T")
 
 
 class Propagation(str, enum.Enum):
@@ -168,33 +171,49 @@ class Transaction:
     # -- finishing (owned transactions) ------------------------------------------------------
 
     def finish_sync(self, exc: BaseException | None) -> None:
-        """Commit (no exception, not rollback-only, not read-only) or roll back; always close; then run hooks."""
+        """Commit (no exception, not rollback-only, not read-only) or roll back; always close; then run hooks.
+
+        Once COMMIT went through, the unit's work is done: a failure while releasing or closing
+        afterwards is logged, not raised, and the hooks still run (an interrupt is re-raised after them).
+        """
         session = self.session
         if session is None:
             self._finish_without_session(exc)
             return
         assert isinstance(session, Session)
-        committed = False
+        if exc is not None or self.root.rollback_only or self.read_only:
+            self._roll_back_sync(session, exc)
+            return
         try:
-            if exc is None and not self.root.rollback_only and not self.read_only:
-                try:
-                    session.commit()
-                    committed = True
-                except BaseException:
-                    _rollback_quietly_sync(session)
-                    raise
-            else:
-                _end_read_only_sync(session, self.read_only)
-                _rollback_preserving_sync(session, exc)
-        finally:
-            _close_preserving_sync(session, exc)
-        if committed:
-            self.run_hooks_sync()
-        elif exc is None and self.root.rollback_only:
+            interrupt = _commit_sync(session)
+        except BaseException as failure:
+            # The commit failed: that failure is what the caller sees, not a close error.
+            _close_preserving_sync(session, failure)
+            raise
+        interrupt = _close_after_commit_sync(session) or interrupt
+        self.run_hooks_sync()
+        if interrupt is not None:
+            raise interrupt
+
+    def _roll_back_sync(self, session: Session, exc: BaseException | None) -> None:
+        try:
+            _end_read_only_sync(session, self.read_only)
+            _rollback_preserving_sync(session, exc)
+        except BaseException as failure:
+            _close_preserving_sync(session, failure)
+            raise
+        _close_preserving_sync(session, exc)
+        if exc is None and self.root.rollback_only:
             raise _rollback_only_error(self)
 
     async def finish_async(self, exc: BaseException | None) -> None:
-        """Commit (no exception, not rollback-only, not read-only) or roll back; always close; then run hooks."""
+        """Commit (no exception, not rollback-only, not read-only) or roll back; always close; then run hooks.
+
+        The ending runs to completion even if the task is cancelled meanwhile: a cancellation that
+        arrives once the body is over cannot leave a connection checked out or a COMMIT half-known;
+        it is re-raised afterwards (after the hooks, when the unit committed). Once COMMIT went
+        through, a failure to close is logged, not raised.
+        """
         session = self.session
         if session is None:
             self._finish_without_session(exc)
@@ -202,23 +221,36 @@ class Transaction:
                 await self._run_async_hooks_only()
             return
         assert isinstance(session, AsyncSession)
-        committed = False
-        try:
-            if exc is None and not self.root.rollback_only and not self.read_only:
-                try:
-                    await session.commit()
-                    committed = True
-                except BaseException:
-                    await _rollback_quietly_async(session)
-                    raise
-            else:
-                await _end_read_only_async(session, self.read_only)
-                await _rollback_preserving_async(session, exc)
-        finally:
-            await _close_preserving_async(session, exc)
+        (committed, interrupt), cancellation = await _to_completion(self._end_async(session, exc))
         if committed:
             await self.run_hooks_async()
-        elif exc is None and self.root.rollback_only:
+        if cancellation is not None:
+            raise cancellation
+        if interrupt is not None:
+            raise interrupt
+
+    async def _end_async(self, session: AsyncSession, exc: BaseException | None) -> tuple[bool, BaseException | None]:
+        """Commit or roll back, then close: (whether COMMIT went through, an interrupt to re-raise after hooks)."""
+        if exc is not None or self.root.rollback_only or self.read_only:
+            await self._roll_back_async(session, exc)
+            return False, None
+        try:
+            interrupt = await _commit_async(session)
+        except BaseException as failure:
+            # The commit failed: that failure is what the caller sees, not a close error.
+            await _close_preserving_async(session, failure)
+            raise
+        return True, await _close_after_commit_async(session) or interrupt
+
+    async def _roll_back_async(self, session: AsyncSession, exc: BaseException | None) -> None:
+        try:
+            await _end_read_only_async(session, self.read_only)
+            await _rollback_preserving_async(session, exc)
+        except BaseException as failure:
+            await _close_preserving_async(session, failure)
+            raise
+        await _close_preserving_async(session, exc)
+        if exc is None and self.root.rollback_only:
             raise _rollback_only_error(self)
 
     def _finish_without_session(self, exc: BaseException | None) -> None:
@@ -305,6 +337,15 @@ def _captured_by_test(hooks: list[tuple[Hook, Scope]]) -> bool:
         return False
     captured.extend(callback for callback, _ in hooks)
     return True
+
+
+def _forget_parent_units() -> None:
+    """In a forked child, start with no active unit: the parent's sessions hold the parent's sockets."""
+    _current.set(None)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parent_units)
 
 
 def innermost_frame() -> Frame | None:
@@ -662,7 +703,7 @@ def _exit_savepoint_sync(unit: ActiveUnit, exc: BaseException | None) -> None:
             savepoint.rollback()
     except BaseException as rollback_error:
         _mark_failed(unit)
-        if exc is None:
+        if exc is None or _is_interrupt(rollback_error):
             raise
         _note_secondary(exc, "rolling back to the savepoint", rollback_error)
     if exc is None:
@@ -688,7 +729,7 @@ async def _exit_savepoint_async(unit: ActiveUnit, exc: BaseException | None) -> 
             await savepoint.rollback()
     except BaseException as rollback_error:
         _mark_failed(unit)
-        if exc is None:
+        if exc is None or _is_interrupt(rollback_error):
             raise
         _note_secondary(exc, "rolling back to the savepoint", rollback_error)
     if exc is None:
@@ -835,7 +876,7 @@ def _rollback_preserving_sync(session: Session, exc: BaseException | None) -> No
     try:
         session.rollback()
     except BaseException as rollback_error:
-        if exc is None:
+        if exc is None or _is_interrupt(rollback_error):
             raise
         _note_secondary(exc, "rolling back", rollback_error)
 
@@ -844,7 +885,7 @@ async def _rollback_preserving_async(session: AsyncSession, exc: BaseException |
     try:
         await session.rollback()
     except BaseException as rollback_error:
-        if exc is None:
+        if exc is None or _is_interrupt(rollback_error):
             raise
         _note_secondary(exc, "rolling back", rollback_error)
 
@@ -867,7 +908,7 @@ def _close_preserving_sync(session: Session, exc: BaseException | None) -> None:
     try:
         session.close()
     except BaseException as close_error:
-        if exc is None:
+        if exc is None or _is_interrupt(close_error):
             raise
         _note_secondary(exc, "closing the session", close_error)
 
@@ -876,20 +917,120 @@ async def _close_preserving_async(session: AsyncSession, exc: BaseException | No
     try:
         await _close_async(session)
     except BaseException as close_error:
-        if exc is None:
+        if exc is None or _is_interrupt(close_error):
             raise
         _note_secondary(exc, "closing the session", close_error)
 
 
-async def _close_async(session: AsyncSession) -> None:
-    import asyncio
+_COMMITTED = "uow_committed"
 
+
+@event.listens_for(Session, "after_commit")
+def _note_commit(session: Session) -> None:
+    # Fires once COMMIT has returned, before the session releases its connection (which can still fail).
+    info = session.info
+    if _COMMITTED in info and not session.in_nested_transaction():
+        info[_COMMITTED] = True
+
+
+def _commit_sync(session: Session) -> BaseException | None:
+    """Commit; raises if COMMIT failed (after rolling back), hands back an interrupt that came after it."""
+    session.info[_COMMITTED] = False
+    try:
+        session.commit()
+    except BaseException as failure:
+        if not session.info.get(_COMMITTED):
+            _rollback_quietly_sync(session)
+            raise
+        return _after_commit_failure(failure)
+    finally:
+        session.info.pop(_COMMITTED, None)
+    return None
+
+
+async def _commit_async(session: AsyncSession) -> BaseException | None:
+    """Commit; raises if COMMIT failed (after rolling back), hands back a cancellation that came after it."""
+    info = session.sync_session.info
+    info[_COMMITTED] = False
+    try:
+        await session.commit()
+    except BaseException as failure:
+        if not info.get(_COMMITTED):
+            await _rollback_quietly_async(session)
+            raise
+        return _after_commit_failure(failure)
+    finally:
+        info.pop(_COMMITTED, None)
+    return None
+
+
+def _after_commit_failure(failure: BaseException) -> BaseException | None:
+    # COMMIT went through; releasing the connection failed. The work stands: log it, keep only interrupts.
+    if isinstance(failure, Exception):
+        logger.error("uow: releasing the connection after COMMIT failed; the commit stands", exc_info=failure)
+        return None
+    return failure
+
+
+def _close_after_commit_sync(session: Session) -> BaseException | None:
+    """Close a committed session; a failure is logged (the commit stands), an interrupt handed back."""
+    try:
+        session.close()
+    except Exception:
+        logger.exception("uow: closing the session after its commit failed; the commit stands")
+    except BaseException as interrupt:
+        return interrupt
+    return None
+
+
+async def _close_after_commit_async(session: AsyncSession) -> BaseException | None:
+    """Close a committed session; a failure is logged (the commit stands), a cancellation handed back."""
+    try:
+        await _close_async(session)
+    except Exception:
+        logger.exception("uow: closing the session after its commit failed; the commit stands")
+    except BaseException as interrupt:
+        return interrupt
+    return None
+
+
+async def _to_completion(work: Coroutine[Any, Any, T]) -> tuple[T, BaseException | None]:
+    """Run `work` to its end even if this task is cancelled meanwhile: its result, and that cancellation.
+
+    If `work` fails while a cancellation is pending, the cancellation is raised (the task must stop),
+    with the failure noted on it.
+    """
+    task = asyncio.ensure_future(work)
+    cancellation: BaseException | None = None
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError as cancelled:
+            if task.cancelled():
+                raise
+            # Our task was cancelled, not the work (it may even have just finished): wait it out.
+            cancellation = cancellation or cancelled
+            continue
+        except BaseException as failure:
+            if cancellation is None:
+                raise
+            _note_secondary(cancellation, "ending the unit", failure)
+            raise cancellation from None
+        return result, cancellation
+
+
+async def _close_async(session: AsyncSession) -> None:
     try:
         await session.close()
     except asyncio.CancelledError:
         # Cancelled while handing the connection back: finish that shielded, then let the cancellation through.
         await asyncio.shield(session.close())
         raise
+
+
+def _is_interrupt(error: BaseException) -> bool:
+    """Cancellation, KeyboardInterrupt, SystemExit: never folded into another error as a mere note."""
+    return not isinstance(error, Exception)
 
 
 def _note_secondary(primary: BaseException, doing: str, secondary: BaseException) -> None:
