@@ -160,11 +160,14 @@ class Transaction:
             session = _new_session(self.database, self.read_only, self.isolation_level)
             assert isinstance(session, AsyncSession)
             session.info[OPENED_BY_KEY] = self.what
-            try:
-                await _apply_begin_options_async(session, self.read_only, self.isolation_level)
-            except BaseException:
-                await _close_async(session)
-                raise
+            if self.read_only or self.isolation_level is not None:
+                # Applying options checks a connection out: a cancellation midway must not strand it.
+                _, cancellation = await _to_completion(
+                    _open_or_close_async(session, self.read_only, self.isolation_level)
+                )
+                if cancellation is not None:
+                    await _to_completion(_close_async(session))
+                    raise cancellation
             self.session = session
         return self.session  # type: ignore[return-value]
 
@@ -1017,6 +1020,14 @@ async def _to_completion(work: Coroutine[Any, Any, T]) -> tuple[T, BaseException
             _note_secondary(cancellation, "ending the unit", failure)
             raise cancellation from None
         return result, cancellation
+
+
+async def _open_or_close_async(session: AsyncSession, read_only: bool, isolation_level: str | None) -> None:
+    try:
+        await _apply_begin_options_async(session, read_only, isolation_level)
+    except BaseException:
+        await _close_async(session)
+        raise
 
 
 async def _close_async(session: AsyncSession) -> None:
