@@ -306,7 +306,8 @@ def find_frame(database: Database | None) -> Frame | None:
     return None
 
 
-def push_frame(frame: Frame) -> contextvars.Token[Frame | None]:
+def push_frame(frame: Frame | None) -> contextvars.Token[Frame | None]:
+    """Make `frame` the innermost unit of this context (None: no unit); undo with `pop_frame`."""
     return _current.set(frame)
 
 

@@ -1,0 +1,121 @@
+"""Framework integrations, one module each; this package holds what the request units share.
+
+A request unit is one lazy `Transaction` per request: its session opens the first time
+something in the request needs it, and the integration commits it before the response
+starts (status below 400) or rolls it back. While the request runs, the unit is the
+innermost frame, so every decorated function, ``provide_services`` and ``current_session``
+inside the request joins it. This package imports no framework.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Mapping
+from typing import Any
+
+from uow._database import Database
+from uow._inject import register_connection_resolver
+from uow._unit import Frame, Transaction, innermost_frame, pop_frame, push_frame
+from uow.errors import ConfigurationError
+
+__all__ = ["SCOPE_KEY", "ErrorResponse", "NoResponse", "RequestUnit", "request_unit", "require_request_unit"]
+
+SCOPE_KEY = "uow.request_unit"
+"""Where the request unit lives: a key of the ASGI scope, or of the WSGI environ."""
+
+
+class ErrorResponse(Exception):
+    """Why a request unit rolled back without an exception: the response status was 400 or above."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"the response status is {status}: the request's unit of work is rolled back")
+        self.status = status
+
+
+class NoResponse(Exception):
+    """Why a request unit rolled back: the application returned without starting a response."""
+
+
+class RequestUnit:
+    """The unit of work of one request: a lazy transaction, ambient while the request runs, finished once."""
+
+    __slots__ = ("_outer", "_token", "finished", "transaction")
+
+    def __init__(self, database: Database) -> None:
+        self.transaction = Transaction(database)
+        self.finished = False
+        self._outer: Frame | None = None
+        self._token: contextvars.Token[Frame | None] | None = None
+
+    @property
+    def is_async(self) -> bool:
+        return self.transaction.is_async
+
+    def activate(self) -> None:
+        """Make the unit the innermost frame of the current context, so the request's code joins it."""
+        tx = self.transaction
+        self._outer = innermost_frame()
+        self._token = push_frame(Frame(tx.database, tx, tx.root, self._outer))
+
+    def deactivate(self) -> None:
+        """Undo `activate` (in the same context it ran in)."""
+        token, self._token = self._token, None
+        if token is not None:
+            pop_frame(token)
+
+    def finish_sync(self, exc: BaseException | None) -> None:
+        """Commit (`exc` None) or roll back, and close; only the first call does anything."""
+        if self.finished:
+            return
+        self.finished = True
+        # on_commit hooks run outside the request's frame, as they do after any unit, so work they
+        # start in a unit of its own instead of joining the transaction that just ended.
+        token = push_frame(self._outer)
+        try:
+            self.transaction.finish_sync(exc)
+        finally:
+            pop_frame(token)
+
+    async def finish_async(self, exc: BaseException | None) -> None:
+        """Commit (`exc` None) or roll back, and close; only the first call does anything."""
+        if self.finished:
+            return
+        self.finished = True
+        token = push_frame(self._outer)
+        try:
+            await self.transaction.finish_async(exc)
+        finally:
+            pop_frame(token)
+
+
+def request_unit(connection: Any) -> RequestUnit | None:
+    """The unit an integration keeps for `connection` (an ASGI connection or scope, a WSGI request or environ)."""
+    holder = _holder(connection)
+    unit = holder.get(SCOPE_KEY) if holder is not None else None
+    return unit if isinstance(unit, RequestUnit) else None
+
+
+def require_request_unit(connection: Any, *, install: str) -> RequestUnit:
+    """The unit of `connection`'s request, or a `ConfigurationError` saying what to `install`."""
+    unit = request_unit(connection)
+    if unit is None:
+        raise ConfigurationError(f"this request has no unit of work: {install}")
+    return unit
+
+
+def _holder(connection: Any) -> Mapping[str, Any] | None:
+    if isinstance(connection, Mapping):
+        return connection
+    for attribute in ("scope", "environ"):
+        holder = getattr(connection, attribute, None)
+        if isinstance(holder, Mapping):
+            return holder
+    return None
+
+
+def _transaction_of(connection: Any) -> Transaction | None:
+    unit = request_unit(connection)
+    return unit.transaction if unit is not None else None
+
+
+register_connection_resolver(_transaction_of)
