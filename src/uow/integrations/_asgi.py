@@ -3,6 +3,12 @@
 It imports no framework, only anyio (which all of them run on): the unit is committed
 from the ``send`` callable when ``http.response.start`` goes out, so the status is known
 and nothing has reached the client yet.
+
+A commit that fails there is answered by the middleware itself (a plain 500, the error
+logged on logger ``uow``) rather than raised into the application: Litestar's exception
+middleware marks the response as started before our ``send`` runs and would refuse to
+turn the error into a response, so raising would leave each framework to do something
+different.
 """
 
 from __future__ import annotations
@@ -34,9 +40,9 @@ class UnitOfWorkMiddleware:
     """One unit of work per HTTP request: committed before the response starts when its status is below 400.
 
     A 4xx/5xx response, an exception or a request that never responds rolls the unit back.
-    A commit that fails is raised from ``send`` before the response start reaches the client,
-    so the framework (or the server) answers 500 instead. `database` defaults to the one
-    given to `uow.configure()`, looked up per request.
+    When the commit fails, the client gets a 500 instead of the application's response
+    and the error is logged. `database` defaults to the one given to `uow.configure()`,
+    looked up per request.
     """
 
     def __init__(self, app: ASGIApp, database: Database | None = None) -> None:
@@ -50,9 +56,17 @@ class UnitOfWorkMiddleware:
         unit = RequestUnit(resolve_database(self.database, what="UnitOfWorkMiddleware"))
         scope[SCOPE_KEY] = unit
 
+        replaced = False
+
         async def send_committing(message: Message) -> None:
+            nonlocal replaced
+            if replaced:
+                return  # the rest of a response the client will never see
             if message["type"] == "http.response.start" and not unit.finished:
-                await _finish_before_response(unit, int(message["status"]))
+                if not await _finish_before_response(unit, int(message["status"])):
+                    replaced = True
+                    await _send_server_error(send)
+                    return
             await send(message)
 
         unit.activate()
@@ -75,15 +89,26 @@ async def finish(unit: RequestUnit, exc: BaseException | None) -> None:
         await anyio.to_thread.run_sync(unit.finish_sync, exc)
 
 
-async def _finish_before_response(unit: RequestUnit, status: int) -> None:
+async def _finish_before_response(unit: RequestUnit, status: int) -> bool:
+    """Commit (status below 400) or roll back; False when the commit failed."""
     if status >= 400:
         await finish(unit, ErrorResponse(status))
-        return
+        return True
     try:
         await finish(unit, None)
     except Exception:
-        logger.exception("uow: the request's unit of work failed to commit; the %d response becomes a 500", status)
-        raise
+        logger.exception("uow: the request's unit of work failed to commit; answering 500 instead of %d", status)
+        return False
+    return True
+
+
+_SERVER_ERROR = b"Internal Server Error"
+
+
+async def _send_server_error(send: Send) -> None:
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(_SERVER_ERROR)).encode())]
+    await send({"type": "http.response.start", "status": 500, "headers": headers})
+    await send({"type": "http.response.body", "body": _SERVER_ERROR, "more_body": False})
 
 
 async def _finish_shielded(unit: RequestUnit, exc: BaseException) -> None:
