@@ -62,11 +62,11 @@ class UnitOfWorkMiddleware:
             nonlocal replaced
             if replaced:
                 return  # the rest of a response the client will never see
-            if message["type"] == "http.response.start" and not unit.finished:
-                if not await _finish_before_response(unit, int(message["status"])):
-                    replaced = True
-                    await _send_server_error(send)
-                    return
+            starts_response = message["type"] == "http.response.start" and not unit.finished
+            if starts_response and not await _finish_before_response(unit, int(message["status"])):
+                replaced = True
+                await _send_server_error(send)
+                return
             await send(message)
 
         unit.activate()
