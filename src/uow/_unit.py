@@ -106,10 +106,20 @@ class Transaction:
 
     ``owned`` transactions are committed, rolled back and closed by uow (by the unit
     that began them, or by a framework integration for a request); the session is
-    created lazily by `open_sync` / `open_async`.
+    created lazily by `open_sync` / `open_async`. Once finished, it cannot be opened again.
     """
 
-    __slots__ = ("database", "hooks", "is_async", "isolation_level", "owned", "read_only", "root", "session")
+    __slots__ = (
+        "database",
+        "finished",
+        "hooks",
+        "is_async",
+        "isolation_level",
+        "owned",
+        "read_only",
+        "root",
+        "session",
+    )
 
     def __init__(
         self,
@@ -130,11 +140,14 @@ class Transaction:
         )
         self.root = Scope(None, None)
         self.hooks: list[tuple[Hook, Scope]] = []
+        self.finished = False
 
     # -- opening -----------------------------------------------------------------------------
 
     def open_sync(self) -> Session:
         """The session, made from the Database on first use with the transaction's options applied."""
+        if self.finished:
+            raise _finished_error(self)
         if self.session is None:
             assert self.database is not None
             session = self.database.session_factory_for(read_only=self.read_only)()
@@ -149,6 +162,8 @@ class Transaction:
 
     async def open_async(self) -> AsyncSession:
         """The session, made from the Database on first use with the transaction's options applied."""
+        if self.finished:
+            raise _finished_error(self)
         if self.session is None:
             assert self.database is not None
             session = self.database.session_factory_for(read_only=self.read_only)()
@@ -165,6 +180,7 @@ class Transaction:
 
     def finish_sync(self, exc: BaseException | None) -> None:
         """Commit (no exception, not rollback-only, not read-only) or roll back; always close; then run hooks."""
+        self.finished = True
         session = self.session
         if session is None:
             self._finish_without_session(exc)
@@ -191,6 +207,7 @@ class Transaction:
 
     async def finish_async(self, exc: BaseException | None) -> None:
         """Commit (no exception, not rollback-only, not read-only) or roll back; always close; then run hooks."""
+        self.finished = True
         session = self.session
         if session is None:
             self._finish_without_session(exc)
@@ -291,8 +308,14 @@ def innermost_frame() -> Frame | None:
 
 
 def find_frame(database: Database | None) -> Frame | None:
-    """The innermost active unit for `database` (for None: the configured default, else any)."""
+    """The innermost active unit for `database` (for None: the configured default, else any).
+
+    A finished transaction's frame is skipped: a request unit commits when the response
+    starts, and code still running afterwards (a streamed body) must not join it.
+    """
     frame = _current.get()
+    while frame is not None and frame.transaction.finished:
+        frame = frame.parent
     if frame is None:
         return None
     if database is None:
@@ -300,7 +323,7 @@ def find_frame(database: Database | None) -> Frame | None:
         if database is None:
             return frame
     while frame is not None:
-        if frame.database is database:
+        if frame.database is database and not frame.transaction.finished:
             return frame
         frame = frame.parent
     return None
@@ -687,6 +710,13 @@ def _exit_external(unit: ActiveUnit, exc: BaseException | None) -> None:
             "an inner unit failed inside the session passed with session=, and its error was swallowed: "
             "roll that session back instead of committing it, or run the inner unit with propagation='nested'"
         )
+
+
+def _finished_error(tx: Transaction) -> NoActiveUnitOfWork:
+    return NoActiveUnitOfWork(
+        f"the unit of work on {tx.database!r} has already committed or rolled back (a request's unit ends "
+        "when its response starts): open a unit of its own for this work instead of joining that one"
+    )
 
 
 def _rollback_only_error(tx: Transaction, *, savepoint: bool = False) -> RollbackOnlyError:

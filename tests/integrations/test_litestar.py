@@ -45,7 +45,7 @@ def async_app(web: Web, *, plugins: list[Any] | None = None) -> Litestar:
 
     @post("/items")
     @uow.with_services(AsyncItemService)
-    async def create(items: AsyncItemService, name: str, fail: str = "") -> dict[str, Any]:
+    async def create(items: AsyncItemService, name: FromQuery[str], fail: FromQuery[str] = "") -> dict[str, Any]:
         item = await items.add(name)
         if fail == "error":
             raise RuntimeError("handler failed after writing")
@@ -93,7 +93,7 @@ def async_app(web: Web, *, plugins: list[Any] | None = None) -> Litestar:
 
         @post("/{name:str}")
         @uow.with_services(AsyncItemService)
-        async def add(self, items: AsyncItemService, name: str) -> dict[str, str]:
+        async def add(self, items: AsyncItemService, name: FromPath[str]) -> dict[str, str]:
             await items.add(name)
             return {"added": name}
 
@@ -202,7 +202,9 @@ def test_on_commit_hook_runs_after_the_request_commits(web_async_sqlite: Web) ->
 def test_sync_handler_with_sync_database(web_sqlite: Web) -> None:
     @post("/sync/{name:str}", sync_to_thread=True)
     @uow.with_services(ItemService, NoteService)
-    def create(items: ItemService, notes: NoteService, name: str, orphan: bool = False) -> dict[str, int]:
+    def create(
+        items: ItemService, notes: NoteService, name: FromPath[str], orphan: FromQuery[bool] = False
+    ) -> dict[str, int]:
         items.add(name)
         if orphan:
             notes.add_orphan(name)
@@ -228,7 +230,7 @@ def test_configured_default_database(web_async_sqlite: Web) -> None:
 
     @post("/default/{name:str}")
     @uow.with_services(AsyncItemService)
-    async def create(items: AsyncItemService, name: str) -> None:
+    async def create(items: AsyncItemService, name: FromPath[str]) -> None:
         await items.add(name)
 
     with TestClient(Litestar([create], plugins=[UnitOfWorkPlugin()])) as client:
@@ -254,12 +256,12 @@ def test_coexists_with_advanced_alchemy_plugin(web_async_sqlite: Web) -> None:
     )
 
     @post("/alchemy/{name:str}")
-    async def alchemy_create(db_session: AsyncSession, name: str) -> None:
+    async def alchemy_create(db_session: AsyncSession, name: FromPath[str]) -> None:
         db_session.add(Item(name=name))
 
     @post("/ours/{name:str}")
     @uow.with_services(ItemRepositoryService)
-    async def ours_create(items: ItemRepositoryService, name: str) -> dict[str, int]:
+    async def ours_create(items: ItemRepositoryService, name: FromPath[str]) -> dict[str, int]:
         created = await items.create(Item(name=name))
         return {"id": created.id}
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
@@ -195,3 +195,30 @@ def test_postgres_sync_unit(web_postgres: Web) -> None:
     assert web_postgres.names() == ["pg"]
     assert web_postgres.notes() == 0
     assert web_postgres.checked_out == 0
+
+
+def test_work_while_streaming_runs_in_a_unit_of_its_own(web_async_sqlite: Web) -> None:
+    @uow.with_services(AsyncItemService, database=web_async_sqlite.db)
+    async def add(items: AsyncItemService, name: str) -> None:
+        await items.add(name)
+
+    async def stream(request: Request) -> Response:
+        await add("before-response")
+
+        async def body() -> AsyncIterator[bytes]:
+            # The request unit committed when the response started; this cannot join it any more.
+            await add("while-streaming")
+            with pytest.raises(uow.NoActiveUnitOfWork, match="already committed or rolled back"):
+                async with uow.provide_services(AsyncItemService, connection=request):
+                    pass
+            yield b"done"
+
+        return StreamingResponse(body())
+
+    app = Starlette(
+        routes=[Route("/stream", stream)], middleware=[Middleware(UnitOfWorkMiddleware, database=web_async_sqlite.db)]
+    )
+    with TestClient(app) as client:
+        assert client.get("/stream").text == "done"
+    assert web_async_sqlite.names() == ["before-response", "while-streaming"]
+    assert web_async_sqlite.checked_out == 0
