@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import pytest
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig, SQLAlchemyPlugin
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
@@ -19,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 import uow
-from tests.integrations.web import AsyncNoteService, NoteService, Web
+from tests.integrations.web import AsyncNoteService, NoteService, Sent, Web, http_scope, receive_nothing
 from tests.models import AsyncItemService, AsyncTagService, Item, ItemService
 from uow.integrations.litestar import UnitOfWorkPlugin, provide_service
 
@@ -300,3 +301,27 @@ async def test_postgres_commit_rollback_and_failed_commit(web_async_postgres: We
 
 def test_dependency_is_a_litestar_provide() -> None:
     assert isinstance(provide_service(ItemService), Provide)
+
+
+async def test_cancelled_request_rolls_back_and_returns_its_connection(web_async_sqlite: Web) -> None:
+    wrote = anyio.Event()
+
+    @get("/slow")
+    @uow.with_services(AsyncItemService)
+    async def slow(items: AsyncItemService) -> None:
+        await items.add("never")
+        wrote.set()
+        await anyio.sleep_forever()
+
+    app = Litestar([slow], plugins=[UnitOfWorkPlugin(web_async_sqlite.db)])
+    sent = Sent()
+    async with anyio.create_task_group() as group:
+        # What a server does when the client goes away or it shuts down: cancel the request's task.
+        group.start_soon(app, http_scope("/slow"), receive_nothing, sent)
+        await wrote.wait()
+        assert web_async_sqlite.checked_out == 1
+        group.cancel_scope.cancel()
+    assert sent == []
+    assert web_async_sqlite.checked_out == 0
+    assert web_async_sqlite.names() == []
+    await web_async_sqlite.db.dispose_async()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 import anyio
 import pytest
@@ -17,7 +16,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 import uow
-from tests.integrations.web import AsyncNoteService, NoteService, Web
+from tests.integrations.web import AsyncNoteService, NoteService, Sent, Web, http_scope, receive_nothing
 from tests.models import AsyncItemService, ItemService
 from uow.integrations.starlette import UnitOfWorkMiddleware
 
@@ -128,31 +127,10 @@ async def test_cancelled_request_rolls_back_and_returns_its_connection(web_async
     app = Starlette(
         routes=[Route("/slow", slow)], middleware=[Middleware(UnitOfWorkMiddleware, database=web_async_sqlite.db)]
     )
-    scope: dict[str, Any] = {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.4"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/slow",
-        "raw_path": b"/slow",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver")],
-        "client": ("127.0.0.1", 1234),
-        "server": ("testserver", 80),
-    }
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        await anyio.sleep_forever()
-        raise AssertionError("not reached")
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
+    sent = Sent()
 
     async with anyio.create_task_group() as group:
-        group.start_soon(app, scope, receive, send)
+        group.start_soon(app, http_scope("/slow"), receive_nothing, sent)
         await wrote.wait()
         assert web_async_sqlite.checked_out == 1
         group.cancel_scope.cancel()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 from sqlalchemy import Engine, ForeignKey, String, event, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -108,3 +109,35 @@ class Web:
     def notes(self) -> int:
         with self.check.connect() as connection:
             return int(connection.scalar(select(func.count()).select_from(Note)) or 0)
+
+
+def http_scope(path: str) -> dict[str, Any]:
+    """The ASGI scope of a plain GET, for driving an app by hand (to cancel it mid-request)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 1234),
+        "server": ("testserver", 80),
+        "state": {},
+    }
+
+
+async def receive_nothing() -> dict[str, Any]:
+    """An ASGI receive whose client never sends anything more."""
+    await anyio.sleep_forever()
+    raise AssertionError("not reached")
+
+
+class Sent(list[Any]):
+    """An ASGI send that records the messages."""
+
+    async def __call__(self, message: Any) -> None:
+        self.append(message)
