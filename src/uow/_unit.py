@@ -329,8 +329,7 @@ def find_frame(database: Database | None) -> Frame | None:
     return None
 
 
-def push_frame(frame: Frame | None) -> contextvars.Token[Frame | None]:
-    """Make `frame` the innermost unit of this context (None: no unit); undo with `pop_frame`."""
+def push_frame(frame: Frame) -> contextvars.Token[Frame | None]:
     return _current.set(frame)
 
 
@@ -491,6 +490,7 @@ def _decide(
     """Which of BEGIN/JOIN/SAVEPOINT/EXTERNAL this entry is, before anything is touched."""
     database = _resolve_database(spec)
     if request_tx is not None:
+        _check_kind(spec, request_tx.database, want_async)
         frame = find_frame(request_tx.database)
         if frame is not None and frame.transaction is request_tx:
             return _decide_with_active(spec, frame, request_tx.database)
@@ -509,6 +509,8 @@ def _decide(
         return Kind.EXTERNAL, database, frame, None
     if database is None:
         if frame is not None:
+            # No database named anywhere: the active unit's is the only candidate, so it must be of our kind.
+            _check_kind(spec, frame.database, want_async)
             return _decide_with_active(spec, frame, frame.database)
         raise ConfigurationError(
             f"{spec.what} has no database: call uow.configure(Database(url)) at start-up, "

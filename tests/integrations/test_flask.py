@@ -172,3 +172,22 @@ def test_postgres(web_postgres: Web) -> None:
     assert web_postgres.names() == ["pa", "pb", "pg"]
     assert web_postgres.notes() == 0
     assert web_postgres.checked_out == 0
+
+
+def test_async_function_without_database_in_a_sync_request_says_why(web_sqlite: Web) -> None:
+    app = Flask(__name__)
+    app.config["PROPAGATE_EXCEPTIONS"] = True
+    UnitOfWork(app, web_sqlite.db)
+
+    @uow.with_services(AsyncItemService)
+    async def add(items: AsyncItemService) -> None:
+        raise AssertionError("not reached")
+
+    @app.post("/mismatch")
+    async def mismatch() -> str:
+        await add()
+        return "unreachable"
+
+    with pytest.raises(uow.ConfigurationError, match="is async but .* is sync"):
+        app.test_client().post("/mismatch")
+    assert web_sqlite.checked_out == 0

@@ -39,12 +39,11 @@ class NoResponse(Exception):
 class RequestUnit:
     """The unit of work of one request: a lazy transaction, ambient while the request runs, finished once."""
 
-    __slots__ = ("_outer", "_token", "finished", "transaction")
+    __slots__ = ("_token", "finished", "transaction")
 
     def __init__(self, database: Database) -> None:
         self.transaction = Transaction(database)
         self.finished = False
-        self._outer: Frame | None = None
         self._token: contextvars.Token[Frame | None] | None = None
 
     @property
@@ -54,8 +53,7 @@ class RequestUnit:
     def activate(self) -> None:
         """Make the unit the innermost frame of the current context, so the request's code joins it."""
         tx = self.transaction
-        self._outer = innermost_frame()
-        self._token = push_frame(Frame(tx.database, tx, tx.root, self._outer))
+        self._token = push_frame(Frame(tx.database, tx, tx.root, innermost_frame()))
 
     def deactivate(self) -> None:
         """Undo `activate` (in the same context it ran in)."""
@@ -63,29 +61,20 @@ class RequestUnit:
         if token is not None:
             pop_frame(token)
 
+    # Once finished, the frame stays on the stack until `deactivate` but is skipped by every lookup
+    # (a finished transaction is never joined): on_commit hooks and a streamed body get units of their own.
+
     def finish_sync(self, exc: BaseException | None) -> None:
         """Commit (`exc` None) or roll back, and close; only the first call does anything."""
-        if self.finished:
-            return
-        self.finished = True
-        # on_commit hooks run outside the request's frame, as they do after any unit, so work they
-        # start in a unit of its own instead of joining the transaction that just ended.
-        token = push_frame(self._outer)
-        try:
+        if not self.finished:
+            self.finished = True
             self.transaction.finish_sync(exc)
-        finally:
-            pop_frame(token)
 
     async def finish_async(self, exc: BaseException | None) -> None:
         """Commit (`exc` None) or roll back, and close; only the first call does anything."""
-        if self.finished:
-            return
-        self.finished = True
-        token = push_frame(self._outer)
-        try:
+        if not self.finished:
+            self.finished = True
             await self.transaction.finish_async(exc)
-        finally:
-            pop_frame(token)
 
 
 def request_unit(connection: Any) -> RequestUnit | None:
