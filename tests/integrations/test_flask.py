@@ -191,3 +191,12 @@ def test_async_function_without_database_in_a_sync_request_says_why(web_sqlite: 
     with pytest.raises(uow.ConfigurationError, match="is async but .* is sync"):
         app.test_client().post("/mismatch")
     assert web_sqlite.checked_out == 0
+
+
+def test_teardown_rolls_back_when_the_error_propagates(web_sqlite: Web) -> None:
+    app = make_app(web_sqlite)
+    app.config["PROPAGATE_EXCEPTIONS"] = True  # as in debug and testing: no after_request, straight to teardown
+    with pytest.raises(RuntimeError, match="after writing"):
+        app.test_client().post("/items/a", query_string={"fail": "error"})
+    assert web_sqlite.names() == []
+    assert web_sqlite.checked_out == 0
