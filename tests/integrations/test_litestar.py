@@ -14,8 +14,10 @@ from litestar.connection import ASGIConnection
 from litestar.di import Provide
 from litestar.exceptions import NotAuthorizedException, NotFoundException
 from litestar.handlers import BaseRouteHandler
+from litestar.middleware import AbstractMiddleware
 from litestar.params import FromPath, FromQuery
 from litestar.testing import AsyncTestClient, TestClient
+from litestar.types import Receive, Scope, Send
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -325,3 +327,29 @@ async def test_cancelled_request_rolls_back_and_returns_its_connection(web_async
     assert web_async_sqlite.checked_out == 0
     assert web_async_sqlite.names() == []
     await web_async_sqlite.db.dispose_async()
+
+
+def test_app_middleware_runs_inside_the_request_unit(web_async_sqlite: Web) -> None:
+    calls: list[int] = []
+
+    class AuditMiddleware(AbstractMiddleware):
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            calls.append(1)
+            async with uow.provide_services(AsyncItemService, connection=scope) as (items,):
+                await items.add(f"audit-{len(calls)}")
+            await self.app(scope, receive, send)
+
+    @post("/audited")
+    @uow.with_services(AsyncItemService)
+    async def audited(items: AsyncItemService, fail: FromQuery[bool] = False) -> None:
+        await items.add(f"handler-{len(calls)}")
+        if fail:
+            raise NotAuthorizedException("no")
+
+    app = Litestar([audited], middleware=[AuditMiddleware], plugins=[UnitOfWorkPlugin(web_async_sqlite.db)])
+    with TestClient(app) as client:
+        assert client.post("/audited").status_code == 201
+        assert web_async_sqlite.names() == ["audit-1", "handler-1"]
+        assert client.post("/audited", params={"fail": "true"}).status_code == 401
+    assert web_async_sqlite.names() == ["audit-1", "handler-1"]
+    assert web_async_sqlite.checked_out == 0
