@@ -15,6 +15,8 @@ from tests.integrations.web import AsyncNoteService, NoteService, Web
 from tests.models import AsyncItemService, AsyncTagService, ItemService, TagService
 from uow.integrations.fastapi import Service, UnitOfWorkMiddleware, service
 
+pytest_plugins = ["tests.integrations.web"]
+
 
 class NewItem(BaseModel):
     name: str

@@ -15,6 +15,8 @@ from tests.integrations.web import NoteService, Web
 from tests.models import AsyncItemService, ItemService
 from uow.integrations.flask import UnitOfWork
 
+pytest_plugins = ["tests.integrations.web"]
+
 
 def make_app(web: Web, *, async_db: uow.Database | None = None) -> Flask:
     app = Flask(__name__)

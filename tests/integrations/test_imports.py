@@ -25,6 +25,7 @@ def imported_frameworks(module: str) -> set[str]:
     [
         ("uow", None),
         ("uow.integrations", None),
+        ("uow.integrations._request", None),
         ("uow.integrations.starlette", None),
         ("uow.integrations.fastapi", "fastapi"),
         ("uow.integrations.litestar", "litestar"),

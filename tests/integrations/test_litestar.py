@@ -26,6 +26,8 @@ from tests.integrations.web import AsyncNoteService, NoteService, Sent, Web, htt
 from tests.models import AsyncItemService, AsyncTagService, Item, ItemService
 from uow.integrations.litestar import UnitOfWorkPlugin, provide_service
 
+pytest_plugins = ["tests.integrations.web"]
+
 
 class ItemRepository(SQLAlchemyAsyncRepository[Item]):
     model_type = Item

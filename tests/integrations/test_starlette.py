@@ -20,6 +20,8 @@ from tests.integrations.web import AsyncNoteService, NoteService, Sent, Web, htt
 from tests.models import AsyncItemService, ItemService
 from uow.integrations.starlette import UnitOfWorkMiddleware
 
+pytest_plugins = ["tests.integrations.web"]
+
 
 @uow.with_services(AsyncItemService)
 async def create(items: AsyncItemService, request: Request) -> Response:

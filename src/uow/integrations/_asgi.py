@@ -21,7 +21,7 @@ import anyio
 import anyio.to_thread
 
 from uow._database import Database, resolve_database
-from uow.integrations import SCOPE_KEY, ErrorResponse, NoResponse, RequestUnit
+from uow.integrations._request import SCOPE_KEY, ErrorResponse, NoResponse, RequestUnit
 
 __all__ = ["ASGIApp", "UnitOfWorkMiddleware"]
 

@@ -19,8 +19,8 @@ from fastapi import Depends, Request
 
 from uow._decorators import ServiceSpec, provide_services
 from uow._providers import snake_case
-from uow.integrations import require_request_unit
 from uow.integrations._asgi import UnitOfWorkMiddleware
+from uow.integrations._request import require_request_unit
 
 __all__ = ["Service", "UnitOfWorkMiddleware", "service"]
 

@@ -15,7 +15,7 @@ from flask import Flask, Response, g, request
 
 from uow._database import Database, resolve_database
 from uow.errors import ConfigurationError
-from uow.integrations import SCOPE_KEY, ErrorResponse, NoResponse, RequestUnit
+from uow.integrations._request import SCOPE_KEY, ErrorResponse, NoResponse, RequestUnit
 
 __all__ = ["UnitOfWork"]
 
