@@ -109,10 +109,21 @@ class Transaction:
 
     ``owned`` transactions are committed, rolled back and closed by uow (by the unit
     that began them, or by a framework integration for a request); the session is
-    created lazily by `open_sync` / `open_async`.
+    created lazily by `open_sync` / `open_async`. Once finished, it cannot be opened again.
     """
 
-    __slots__ = ("database", "hooks", "is_async", "isolation_level", "owned", "read_only", "root", "session", "what")
+    __slots__ = (
+        "database",
+        "finished",
+        "hooks",
+        "is_async",
+        "isolation_level",
+        "owned",
+        "read_only",
+        "root",
+        "session",
+        "what",
+    )
 
     def __init__(
         self,
@@ -135,11 +146,14 @@ class Transaction:
         )
         self.root = Scope(None, None)
         self.hooks: list[tuple[Hook, Scope]] = []
+        self.finished = False
 
     # -- opening -----------------------------------------------------------------------------
 
     def open_sync(self) -> Session:
         """The session, made from the Database on first use with the transaction's options applied."""
+        if self.finished:
+            raise _finished_error(self)
         if self.session is None:
             assert self.database is not None
             session = _new_session(self.database, self.read_only, self.isolation_level)
@@ -155,6 +169,8 @@ class Transaction:
 
     async def open_async(self) -> AsyncSession:
         """The session, made from the Database on first use with the transaction's options applied."""
+        if self.finished:
+            raise _finished_error(self)
         if self.session is None:
             assert self.database is not None
             session = _new_session(self.database, self.read_only, self.isolation_level)
@@ -179,6 +195,7 @@ class Transaction:
         Once COMMIT went through, the unit's work is done: a failure while releasing or closing
         afterwards is logged, not raised, and the hooks still run (an interrupt is re-raised after them).
         """
+        self.finished = True
         session = self.session
         if session is None:
             self._finish_without_session(exc)
@@ -217,6 +234,7 @@ class Transaction:
         it is re-raised afterwards (after the hooks, when the unit committed). Once COMMIT went
         through, a failure to close is logged, not raised.
         """
+        self.finished = True
         session = self.session
         if session is None:
             self._finish_without_session(exc)
@@ -357,8 +375,14 @@ def innermost_frame() -> Frame | None:
 
 
 def find_frame(database: Database | None) -> Frame | None:
-    """The innermost active unit for `database` (for None: the configured default, else any)."""
+    """The innermost active unit for `database` (for None: the configured default, else any).
+
+    A finished transaction's frame is skipped: a request unit commits when the response
+    starts, and code still running afterwards (a streamed body) must not join it.
+    """
     frame = _current.get()
+    while frame is not None and frame.transaction.finished:
+        frame = frame.parent
     if frame is None:
         return None
     if database is None:
@@ -366,7 +390,7 @@ def find_frame(database: Database | None) -> Frame | None:
         if database is None:
             return frame
     while frame is not None:
-        if frame.database is database:
+        if frame.database is database and not frame.transaction.finished:
             return frame
         frame = frame.parent
     return None
@@ -533,6 +557,7 @@ def _decide(
     """Which of BEGIN/JOIN/SAVEPOINT/EXTERNAL this entry is, before anything is touched."""
     database = _resolve_database(spec)
     if request_tx is not None:
+        _check_kind(spec, request_tx.database, want_async)
         frame = find_frame(request_tx.database)
         if frame is not None and frame.transaction is request_tx:
             return _decide_with_active(spec, frame, request_tx.database)
@@ -551,6 +576,8 @@ def _decide(
         return Kind.EXTERNAL, database, frame, None
     if database is None:
         if frame is not None:
+            # No database named anywhere: the active unit's is the only candidate, so it must be of our kind.
+            _check_kind(spec, frame.database, want_async)
             return _decide_with_active(spec, frame, frame.database)
         raise ConfigurationError(
             f"{spec.what} has no database: call uow.configure(Database(url)) at start-up, "
@@ -752,6 +779,13 @@ def _exit_external(unit: ActiveUnit, exc: BaseException | None) -> None:
             "an inner unit failed inside the session passed with session=, and its error was swallowed: "
             "roll that session back instead of committing it, or run the inner unit with propagation='nested'"
         )
+
+
+def _finished_error(tx: Transaction) -> NoActiveUnitOfWork:
+    return NoActiveUnitOfWork(
+        f"the unit of work on {tx.database!r} has already committed or rolled back (a request's unit ends "
+        "when its response starts): open a unit of its own for this work instead of joining that one"
+    )
 
 
 def _rollback_only_error(tx: Transaction, *, savepoint: bool = False) -> RollbackOnlyError:

@@ -1,0 +1,119 @@
+"""The request unit as a pure ASGI middleware, shared by the Starlette, FastAPI and Litestar integrations.
+
+It imports no framework, only anyio (which all of them run on): the unit is committed
+from the ``send`` callable when ``http.response.start`` goes out, so the status is known
+and nothing has reached the client yet.
+
+A commit that fails there is answered by the middleware itself (a plain 500, the error
+logged on logger ``uow``) rather than raised into the application: Litestar's exception
+middleware marks the response as started before our ``send`` runs and would refuse to
+turn the error into a response, so raising would leave each framework to do something
+different.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from uow._database import Database, resolve_database
+from uow.integrations._request import SCOPE_KEY, ErrorResponse, NoResponse, RequestUnit
+
+__all__ = ["ASGIApp", "UnitOfWorkMiddleware"]
+
+logger = logging.getLogger("uow")
+
+# Loose on purpose: Starlette spells these as MutableMapping, Litestar as unions of TypedDicts, and
+# the middleware must type-check as a middleware of both.
+Scope = Any
+Message = Any
+Receive = Any
+Send = Any
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class UnitOfWorkMiddleware:
+    """One unit of work per HTTP request: committed before the response starts when its status is below 400.
+
+    A 4xx/5xx response, an exception or a request that never responds rolls the unit back.
+    When the commit fails, the client gets a 500 instead of the application's response
+    and the error is logged. `database` defaults to the one given to `uow.configure()`,
+    looked up per request.
+    """
+
+    def __init__(self, app: ASGIApp, database: Database | None = None) -> None:
+        self.app = app
+        self.database = database
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        unit = RequestUnit(resolve_database(self.database, what="UnitOfWorkMiddleware"))
+        scope[SCOPE_KEY] = unit
+
+        replaced = False
+
+        async def send_committing(message: Message) -> None:
+            nonlocal replaced
+            if replaced:
+                return  # the rest of a response the client will never see
+            starts_response = message["type"] == "http.response.start" and not unit.finished
+            if starts_response and not await _finish_before_response(unit, int(message["status"])):
+                replaced = True
+                await _send_server_error(send)
+                return
+            await send(message)
+
+        unit.activate()
+        try:
+            await self.app(scope, receive, send_committing)
+        except BaseException as exc:
+            await _finish_shielded(unit, exc)
+            raise
+        else:
+            await _finish_shielded(unit, NoResponse("the application returned without starting a response"))
+        finally:
+            unit.deactivate()
+
+
+async def finish(unit: RequestUnit, exc: BaseException | None) -> None:
+    """Finish `unit`: awaited when async, in a worker thread when sync (a commit blocks)."""
+    if unit.is_async:
+        await unit.finish_async(exc)
+    else:
+        await anyio.to_thread.run_sync(unit.finish_sync, exc)
+
+
+async def _finish_before_response(unit: RequestUnit, status: int) -> bool:
+    """Commit (status below 400) or roll back; False when the commit failed."""
+    if status >= 400:
+        await finish(unit, ErrorResponse(status))
+        return True
+    try:
+        await finish(unit, None)
+    except Exception:
+        logger.exception("uow: the request's unit of work failed to commit; answering 500 instead of %d", status)
+        return False
+    return True
+
+
+_SERVER_ERROR = b"Internal Server Error"
+
+
+async def _send_server_error(send: Send) -> None:
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(_SERVER_ERROR)).encode())]
+    await send({"type": "http.response.start", "status": 500, "headers": headers})
+    await send({"type": "http.response.body", "body": _SERVER_ERROR, "more_body": False})
+
+
+async def _finish_shielded(unit: RequestUnit, exc: BaseException) -> None:
+    # A cancelled request (client gone, server shutting down) must still roll back and hand its connection back.
+    if unit.finished:
+        return
+    with anyio.CancelScope(shield=True):
+        await finish(unit, exc)

@@ -1,0 +1,111 @@
+"""What the web integrations' request units share; imports no framework.
+
+A request unit is one lazy `Transaction` per request: its session opens the first time
+something in the request needs it, and the integration commits it before the response
+starts (status below 400) or rolls it back. While the request runs, the unit is the
+innermost frame, so every decorated function, ``provide_services`` and ``current_session``
+inside the request joins it. Importing this module teaches ``connection=`` to find the
+unit of a request (an ASGI connection or scope, a WSGI request or environ).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Mapping
+from typing import Any
+
+from uow._database import Database
+from uow._inject import register_connection_resolver
+from uow._unit import Frame, Transaction, innermost_frame, pop_frame, push_frame
+from uow.errors import ConfigurationError
+
+__all__ = ["SCOPE_KEY", "ErrorResponse", "NoResponse", "RequestUnit", "request_unit", "require_request_unit"]
+
+SCOPE_KEY = "uow.request_unit"
+"""Where the request unit lives: a key of the ASGI scope, or of the WSGI environ."""
+
+
+class ErrorResponse(Exception):
+    """Why a request unit rolled back without an exception: the response status was 400 or above."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"the response status is {status}: the request's unit of work is rolled back")
+        self.status = status
+
+
+class NoResponse(Exception):
+    """Why a request unit rolled back: the application returned without starting a response."""
+
+
+class RequestUnit:
+    """The unit of work of one request: a lazy transaction, ambient while the request runs, finished once."""
+
+    __slots__ = ("_token", "finished", "transaction")
+
+    def __init__(self, database: Database) -> None:
+        self.transaction = Transaction(database)
+        self.finished = False
+        self._token: contextvars.Token[Frame | None] | None = None
+
+    @property
+    def is_async(self) -> bool:
+        return self.transaction.is_async
+
+    def activate(self) -> None:
+        """Make the unit the innermost frame of the current context, so the request's code joins it."""
+        tx = self.transaction
+        self._token = push_frame(Frame(tx.database, tx, tx.root, innermost_frame()))
+
+    def deactivate(self) -> None:
+        """Undo `activate` (in the same context it ran in)."""
+        token, self._token = self._token, None
+        if token is not None:
+            pop_frame(token)
+
+    # Once finished, the frame stays on the stack until `deactivate` but is skipped by every lookup
+    # (a finished transaction is never joined): on_commit hooks and a streamed body get units of their own.
+
+    def finish_sync(self, exc: BaseException | None) -> None:
+        """Commit (`exc` None) or roll back, and close; only the first call does anything."""
+        if not self.finished:
+            self.finished = True
+            self.transaction.finish_sync(exc)
+
+    async def finish_async(self, exc: BaseException | None) -> None:
+        """Commit (`exc` None) or roll back, and close; only the first call does anything."""
+        if not self.finished:
+            self.finished = True
+            await self.transaction.finish_async(exc)
+
+
+def request_unit(connection: Any) -> RequestUnit | None:
+    """The unit an integration keeps for `connection` (an ASGI connection or scope, a WSGI request or environ)."""
+    holder = _holder(connection)
+    unit = holder.get(SCOPE_KEY) if holder is not None else None
+    return unit if isinstance(unit, RequestUnit) else None
+
+
+def require_request_unit(connection: Any, *, install: str) -> RequestUnit:
+    """The unit of `connection`'s request, or a `ConfigurationError` saying what to `install`."""
+    unit = request_unit(connection)
+    if unit is None:
+        raise ConfigurationError(f"this request has no unit of work: {install}")
+    return unit
+
+
+def _holder(connection: Any) -> Mapping[str, Any] | None:
+    if isinstance(connection, Mapping):
+        return connection
+    for attribute in ("scope", "environ"):
+        holder = getattr(connection, attribute, None)
+        if isinstance(holder, Mapping):
+            return holder
+    return None
+
+
+def _transaction_of(connection: Any) -> Transaction | None:
+    unit = request_unit(connection)
+    return unit.transaction if unit is not None else None
+
+
+register_connection_resolver(_transaction_of)
