@@ -51,7 +51,7 @@ def _admin_engine(url: str) -> Any:
 
 def _timeout_args(url: str) -> dict[str, Any]:
     backend = make_url(url).get_backend_name()
-    return {"connect_timeout": 3}  if backend in ("postgresql", "mysql", "mariadb") else {}
+    return {"connect_timeout": 3} if backend in ("postgresql", "mysql", "mariadb") else {}
 
 
 def create_postgres_database(name: str | None = None) -> Server:

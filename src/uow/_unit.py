@@ -832,7 +832,11 @@ _CALLER_HOOKS_KEY = "uow_on_commit_hooks"
 
 
 def _attach_to_caller_session(tx: Transaction, callback: Hook) -> None:
-    """Hooks registered inside a caller-owned session run when the caller commits it (SQLAlchemy events)."""
+    """Hooks registered inside a caller-owned session run when the caller commits it (SQLAlchemy events).
+
+    Each hook remembers the session transaction (root or savepoint) it was registered in: rolling
+    that one back, or one enclosing it, drops the hook; releasing a savepoint does not run it.
+    """
     session = tx.session
     assert session is not None
     sync_session = session.sync_session if isinstance(session, AsyncSession) else session
@@ -841,27 +845,39 @@ def _attach_to_caller_session(tx: Transaction, callback: Hook) -> None:
             f"on_commit({_name(callback)}): inside a session passed with session=, hooks run from "
             "SQLAlchemy's after_commit event and must be plain functions"
         )
-    pending: list[Hook] | None = sync_session.info.get(_CALLER_HOOKS_KEY)
+    pending: list[tuple[Hook, SessionTransaction]] | None = sync_session.info.get(_CALLER_HOOKS_KEY)
     if pending is None:
         pending = []
         sync_session.info[_CALLER_HOOKS_KEY] = pending
         event.listen(sync_session, "after_commit", _run_caller_hooks)
-        event.listen(sync_session, "after_rollback", _drop_caller_hooks)
-    pending.append(callback)
+        event.listen(sync_session, "after_soft_rollback", _drop_caller_hooks)
+    # Begin now (what autobegin would do on first use) so a rollback before any statement still drops the hook.
+    owner = sync_session.get_nested_transaction() or sync_session.get_transaction() or sync_session.begin()
+    pending.append((callback, owner))
 
 
 def _run_caller_hooks(sync_session: Session) -> None:
-    pending: list[Hook] = sync_session.info.get(_CALLER_HOOKS_KEY, [])
+    if sync_session.get_nested_transaction() is not None:
+        return  # a savepoint was released: the caller has not committed yet
+    pending: list[tuple[Hook, SessionTransaction]] = sync_session.info.get(_CALLER_HOOKS_KEY, [])
     hooks = list(pending)
     pending.clear()
-    for callback in hooks:
+    for callback, _ in hooks:
         try:
             callback()
         except Exception:
             logger.exception("on_commit hook %s failed", _name(callback))
 
 
-def _drop_caller_hooks(sync_session: Session) -> None:
-    pending: list[Hook] | None = sync_session.info.get(_CALLER_HOOKS_KEY)
-    if pending is not None:
-        pending.clear()
+def _drop_caller_hooks(sync_session: Session, rolled_back: SessionTransaction) -> None:
+    pending: list[tuple[Hook, SessionTransaction]] | None = sync_session.info.get(_CALLER_HOOKS_KEY)
+    if pending:
+        pending[:] = [(cb, owner) for cb, owner in pending if not _descends_from(owner, rolled_back)]
+
+
+def _descends_from(transaction: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is ancestor:
+            return True
+        transaction = transaction.parent
+    return False
