@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parent.parent
 CHECKED = ROOT / "tests" / "typing" / "check_types.py"
 
