@@ -9,7 +9,7 @@ import functools
 import inspect
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Coroutine, Generator, Iterator
 from typing import Annotated, Any
 
 import pytest
@@ -115,6 +115,35 @@ def test_provider_by_its_return_annotation(sqlite_db: uow.Database) -> None:
         return whoever
 
     assert type(f()) is UserService
+
+
+@pytest.mark.parametrize(
+    "returns",
+    [
+        UserService,
+        Iterator[UserService],
+        Generator[UserService, None, None],
+        AsyncIterator[UserService],
+        AsyncGenerator[UserService, None],
+        Awaitable[UserService],
+        Coroutine[Any, Any, UserService],
+        Annotated[UserService, "meta"],
+        "Iterator[UserService]",
+        "AsyncGenerator[UserService, None]",
+    ],
+    ids=str,
+)
+def test_provider_type_is_unwrapped_from_its_return_annotation(returns: Any) -> None:
+    def provider(session: AsyncSession) -> Any:
+        raise AssertionError("not called: this only plans")
+
+    provider.__annotations__["return"] = returns
+
+    @with_services(provider)
+    async def f(whoever: UserService, n: int) -> None:
+        pass
+
+    assert list(inspect.signature(f).parameters) == ["n"]
 
 
 def test_annotation_wins_over_name(sqlite_db: uow.Database) -> None:

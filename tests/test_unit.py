@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy
+import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -197,6 +198,47 @@ def test_each_top_level_call_gets_a_fresh_session(sync_db: uow.Database) -> None
     assert seen[0] is not seen[1]
 
 
+def test_failed_commit_rolls_back_and_skips_hooks(sync_db: uow.Database) -> None:
+    calls: list[str] = []
+    with unit_of_work(database=sync_db) as session:
+        session.add(Item(name="a"))
+
+    @unit_of_work(database=sync_db)
+    def duplicate(session: Session) -> None:
+        session.add(Item(name="a"))  # flushed only by the commit, which fails on the unique name
+        on_commit(lambda: calls.append("hook"))
+
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        duplicate()
+    assert calls == []
+    assert committed(sync_db) == ["a"]
+    assert checked_out(sync_db) == 0
+
+
+async def test_failed_commit_rolls_back_and_skips_hooks_async(async_db: uow.Database) -> None:
+    calls: list[str] = []
+    async with unit_of_work(database=async_db) as session:
+        session.add(Item(name="a"))
+
+    @unit_of_work(database=async_db)
+    async def duplicate(session: AsyncSession) -> None:
+        session.add(Item(name="a"))
+        on_commit(lambda: calls.append("hook"))
+
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        await duplicate()
+    assert calls == []
+    assert await committed_async(async_db) == ["a"]
+    assert checked_out(async_db) == 0
+
+
+def test_unit_without_a_database_joins_the_active_one(sync_db: uow.Database) -> None:
+    with unit_of_work(database=sync_db) as outer, unit_of_work() as inner:
+        assert inner is outer
+        inner.add(Item(name="a"))
+    assert committed(sync_db) == ["a"]
+
+
 # -- session= : the caller owns it ---------------------------------------------------------------
 
 
@@ -311,6 +353,36 @@ def test_sync_function_refuses_an_async_session(sync_db: uow.Database) -> None:
 
     with pytest.raises(ConfigurationError, match="must be a Session, got AsyncSession"):
         add(session=AsyncSession())
+
+
+def test_nested_unit_inside_an_explicit_session_uses_a_savepoint_in_it(sync_db: uow.Database) -> None:
+    @unit_of_work(database=sync_db, propagation="nested")
+    def savepoint() -> None:
+        assert current_session() is session
+        current_session().add(Item(name="savepoint"))
+        raise Boom
+
+    @unit_of_work(database=sync_db)
+    def work() -> None:
+        current_session().add(Item(name="work"))
+        with pytest.raises(Boom):
+            savepoint()
+
+    with Session(sync_db.engine) as session:
+        work(session=session)
+        assert session.in_transaction()
+        session.commit()
+    assert committed(sync_db) == ["work"]
+
+
+@pytest.mark.parametrize("propagation", ["requires_new", "never"])
+def test_explicit_session_with_a_propagation_that_cannot_use_it(sync_db: uow.Database, propagation: str) -> None:
+    @unit_of_work(database=sync_db, propagation=propagation)
+    def work() -> None:
+        pass
+
+    with Session(sync_db.engine) as session, pytest.raises(PropagationError, match=propagation):
+        work(session=session)
 
 
 # -- required: nested calls join the outer unit ----------------------------------------------------
@@ -622,6 +694,7 @@ def test_requires_new_commits_independently_of_an_outer_rollback(sync_db: uow.Da
     with pytest.raises(Boom):
         outer()
     assert sessions["inner"] is not sessions["outer"]
+    assert not sessions["inner"].in_transaction()  # closed by its own unit
     assert committed(sync_db) == ["audit"]
     assert checked_out(sync_db) == 0
 
@@ -999,6 +1072,35 @@ async def test_on_commit_async_hook_that_raises_is_logged_and_the_rest_run(
         await work()
     assert calls == ["fine"]
     assert [r.levelno for r in caplog.records if r.name == "uow"] == [logging.ERROR]
+
+
+def test_on_commit_hook_may_start_a_new_unit(sync_db: uow.Database) -> None:
+    @with_services(ItemService, database=sync_db)
+    def audit(items: ItemService) -> None:
+        items.add("audit")
+
+    @with_services(ItemService, database=sync_db)
+    def work(items: ItemService) -> None:
+        items.add("work")
+        on_commit(audit)  # runs after this unit is gone: it begins a unit of its own
+
+    work()
+    assert committed(sync_db) == ["audit", "work"]
+    assert checked_out(sync_db) == 0
+
+
+async def test_on_commit_hook_may_start_a_new_unit_async(async_db: uow.Database) -> None:
+    @with_services(AsyncItemService, database=async_db)
+    async def audit(items: AsyncItemService) -> None:
+        await items.add("audit")
+
+    @with_services(AsyncItemService, database=async_db)
+    async def work(items: AsyncItemService) -> None:
+        await items.add("work")
+        on_commit(audit)
+
+    await work()
+    assert await committed_async(async_db) == ["audit", "work"]
 
 
 def test_on_commit_outside_a_unit_raises(sync_db: uow.Database) -> None:
