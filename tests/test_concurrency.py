@@ -12,10 +12,12 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 import uow
+from tests.conftest import Backend
 from tests.helpers import checked_out, committed, committed_async
 from tests.models import AsyncItemService, Item, ItemService
 from uow import current_session, unit_of_work, with_services
@@ -213,3 +215,28 @@ async def test_cancelled_nested_unit_inside_a_live_outer_unit(async_db: uow.Data
     await outer()
     assert await committed_async(async_db) == ["outer"]
     assert checked_out(async_db) == 0
+
+
+SERVER_SLEEP = {"postgresql": "SELECT pg_sleep(2)", "mariadb": "SELECT SLEEP(2)"}
+
+
+@pytest.mark.parametrize("backend", sorted(SERVER_SLEEP), indirect=True)
+async def test_cancelled_while_the_database_is_working(backend: Backend, async_db: uow.Database) -> None:
+    # SQLite has no server-side sleep to interrupt; the servers' drivers must cope with a cancelled query.
+    inside = asyncio.Event()
+
+    @unit_of_work(database=async_db)
+    async def slow(session: AsyncSession) -> None:
+        session.add(Item(name="never"))
+        await session.flush()
+        inside.set()
+        await session.execute(text(SERVER_SLEEP[backend.name]))
+
+    task = asyncio.create_task(slow())
+    await inside.wait()
+    await asyncio.sleep(0.1)  # let the sleep reach the server
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert checked_out(async_db) == 0
+    assert await committed_async(async_db) == []

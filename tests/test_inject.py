@@ -452,6 +452,16 @@ def test_services_after_visible_parameters(sqlite_db: uow.Database) -> None:
     assert f(1, flag=True) == (1, UserService, True)
 
 
+def test_variadic_parameters_pass_through(sqlite_db: uow.Database) -> None:
+    @with_services(UserService, database=sqlite_db)
+    def f(users: UserService, *args: int, **kwargs: str) -> tuple[Any, ...]:
+        return type(users), args, kwargs
+
+    assert str(inspect.signature(f)) == "(*args: int, **kwargs: str) -> tuple[typing.Any, ...]"
+    assert f(1, 2, x="y") == (UserService, (1, 2), {"x": "y"})
+    assert f() == (UserService, (), {})
+
+
 def test_service_passed_by_keyword_is_used_as_is(sqlite_db: uow.Database) -> None:
     fake = object()
 

@@ -112,6 +112,33 @@ async def test_rollback_on_cancelled_error_async(async_db: uow.Database) -> None
     assert checked_out(async_db) == 0
 
 
+@pytest.mark.parametrize("error", [KeyboardInterrupt, SystemExit])
+def test_context_managers_roll_back_on_base_exception(sync_db: uow.Database, error: type[BaseException]) -> None:
+    with pytest.raises(error), unit_of_work(database=sync_db) as session:
+        session.add(Item(name="a"))
+        session.flush()
+        raise error
+    with pytest.raises(error), provide_services(ItemService, database=sync_db) as (items,):
+        items.add("b")
+        raise error
+    assert committed(sync_db) == []
+    assert checked_out(sync_db) == 0
+
+
+async def test_context_managers_roll_back_on_cancelled_error_async(async_db: uow.Database) -> None:
+    with pytest.raises(asyncio.CancelledError):
+        async with unit_of_work(database=async_db) as session:
+            session.add(Item(name="a"))
+            await session.flush()
+            raise asyncio.CancelledError
+    with pytest.raises(asyncio.CancelledError):
+        async with provide_services(AsyncItemService, database=async_db) as (items,):
+            await items.add("b")
+            raise asyncio.CancelledError
+    assert await committed_async(async_db) == []
+    assert checked_out(async_db) == 0
+
+
 def test_session_is_closed_after_the_unit(sync_db: uow.Database) -> None:
     seen: list[Session] = []
 
@@ -1348,6 +1375,26 @@ async def test_session_and_connection_value_error_async(async_db: uow.Database) 
 
     with pytest.raises(ValueError, match="^Cannot provide both 'session' and 'connection' - choose one$"):
         await add(session=AsyncSession(), connection=object())
+
+
+async def test_context_managers_refuse_the_other_kind_of_database(sync_db: uow.Database, tmp_path: Any) -> None:
+    async_db = uow.Database(f"sqlite+aiosqlite:///{tmp_path / 'async.sqlite3'}")
+    try:
+        with pytest.raises(ConfigurationError, match="is sync but .* is async"), unit_of_work(database=async_db):
+            pass
+        with (
+            pytest.raises(ConfigurationError, match="is sync but .* is async"),
+            provide_services(ItemService, database=async_db),
+        ):
+            pass
+        with pytest.raises(ConfigurationError, match="is async but .* is sync"):
+            async with unit_of_work(database=sync_db):
+                pass
+        with pytest.raises(ConfigurationError, match="is async but .* is sync"):
+            async with provide_services(AsyncItemService, database=sync_db):
+                pass
+    finally:
+        await async_db.dispose_async()
 
 
 class FakeRequest:
