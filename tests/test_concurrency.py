@@ -240,3 +240,19 @@ async def test_cancelled_while_the_database_is_working(backend: Backend, async_d
         await task
     assert checked_out(async_db) == 0
     assert await committed_async(async_db) == []
+
+
+async def test_cancelled_again_while_rolling_back(async_db: uow.Database) -> None:
+    # A second cancellation (wait_for giving up, a shutdown) lands in the rollback: the connection still goes back.
+    inside = asyncio.Event()
+    slow = _blocking_unit(async_db, inside)
+    task = asyncio.create_task(slow())  # type: ignore[operator]
+    await inside.wait()
+    task.cancel()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the unit is now awaiting its rollback
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert checked_out(async_db) == 0
+    assert await committed_async(async_db) == []

@@ -1180,6 +1180,22 @@ def test_on_commit_inside_an_explicit_session_follows_the_callers_commit(sync_db
     assert calls == ["kept"]
 
 
+async def test_on_commit_inside_an_explicit_session_follows_the_callers_commit_async(async_db: uow.Database) -> None:
+    calls: list[str] = []
+
+    @unit_of_work(database=async_db)
+    async def work(name: str) -> None:
+        on_commit(lambda: calls.append(name))
+
+    async with AsyncSession(async_db.engine) as session:  # type: ignore[arg-type]
+        await work("dropped", session=session)
+        await session.rollback()
+        await work("kept", session=session)
+        assert calls == []
+        await session.commit()
+    assert calls == ["kept"]
+
+
 def test_on_commit_inside_an_explicit_session_follows_its_savepoint(sync_db: uow.Database) -> None:
     calls: list[str] = []
 
