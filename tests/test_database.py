@@ -6,6 +6,8 @@ dialect alone, without connecting.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -53,8 +55,14 @@ async def test_url_driver_decides_sync_or_async(url: str, is_async: bool, tmp_pa
         await _dispose(database)
 
 
-async def test_asyncmy_is_async_by_its_dialect_without_the_driver() -> None:
-    # asyncmy may not be installed: hand the engine a stand-in DBAPI module so nothing imports it.
+async def test_asyncmy_is_async_by_its_dialect_without_the_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    if importlib.util.find_spec("asyncmy") is None:
+        # Not installed: stand in for the one constant SQLAlchemy reads from it before connecting.
+        constants = types.ModuleType("asyncmy.constants")
+        constants.CLIENT = types.SimpleNamespace(FOUND_ROWS=2)  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "asyncmy", types.ModuleType("asyncmy"))
+        monkeypatch.setitem(sys.modules, "asyncmy.constants", constants)
+    # A stand-in DBAPI module, so the driver is never imported: the dialect alone decides.
     stand_in = types.SimpleNamespace(paramstyle="format")
     database = Database(f"mysql+asyncmy://u:p@{NOWHERE}/db", engine_options={"module": stand_in})
     try:
