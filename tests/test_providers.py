@@ -391,7 +391,33 @@ def test_constructor_parameter_that_cannot_be_built() -> None:
             pass
 
 
-class CycleA:
+def test_constructor_with_a_positional_only_parameter() -> None:
+    class PositionalOnly:
+        def __init__(self, session: Session, /) -> None:
+            pass
+
+    with pytest.raises(InjectionError, match="takes 'session' positional-only.*provider function"):
+
+        @with_services(PositionalOnly)
+        def f(positional_only: PositionalOnly) -> None:
+            pass
+
+
+def test_constructor_parameters_with_defaults_keep_them(sqlite_db: uow.Database) -> None:
+    class WithDefaults:
+        def __init__(self, session: Session, limit: int = 10, clock: Clock | None = None) -> None:
+            self.session = session
+            self.limit = limit
+            self.clock = clock
+
+    @with_services(WithDefaults, database=sqlite_db)
+    def f(with_defaults: WithDefaults, session: Session) -> None:
+        assert with_defaults.session is session
+        assert with_defaults.limit == 10
+        assert with_defaults.clock is None
+
+    f()
+
     def __init__(self, b: CycleB) -> None:
         pass
 

@@ -143,27 +143,48 @@ def test_session_is_closed_after_the_unit(sync_db: uow.Database) -> None:
     seen: list[Session] = []
 
     @with_services(ItemService, database=sync_db)
-    def add(items: ItemService) -> None:
+    def add(items: ItemService) -> Item:
         seen.append(items.session)
-        items.add("a")
+        return items.add("a")
 
-    add()
-    (session,) = seen
+    item = add()
+    (session,) = seen  # held, so closing (not garbage collection) must be what detached the item
     assert not session.in_transaction()
-    assert len(session.identity_map) == 0  # close() expunged everything
+    assert item not in session
+    assert len(session.identity_map) == 0
+    assert sqlalchemy.inspect(item).detached
 
 
 async def test_session_is_closed_after_the_unit_async(async_db: uow.Database) -> None:
     seen: list[AsyncSession] = []
 
     @with_services(AsyncItemService, database=async_db)
-    async def add(items: AsyncItemService) -> None:
+    async def add(items: AsyncItemService) -> Item:
         seen.append(items.session)
-        await items.add("a")
+        return await items.add("a")
 
-    await add()
+    item = await add()
     (session,) = seen
     assert not session.in_transaction()
+    assert item not in session
+    assert len(session.identity_map) == 0
+    assert sqlalchemy.inspect(item).detached
+
+
+def test_session_is_closed_after_a_rollback(sync_db: uow.Database) -> None:
+    with unit_of_work(database=sync_db) as session:
+        session.add(Item(name="a"))
+    seen: list[tuple[Session, Item]] = []
+
+    @unit_of_work(database=sync_db)
+    def load_and_fail(session: Session) -> None:
+        seen.append((session, session.scalars(sqlalchemy.select(Item)).one()))
+        raise Boom
+
+    with pytest.raises(Boom):
+        load_and_fail()
+    ((session, item),) = seen
+    assert item not in session  # a rollback alone would keep the loaded object, expired
     assert len(session.identity_map) == 0
 
 
