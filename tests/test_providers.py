@@ -418,6 +418,8 @@ def test_constructor_parameters_with_defaults_keep_them(sqlite_db: uow.Database)
 
     f()
 
+
+class CycleA:
     def __init__(self, b: CycleB) -> None:
         pass
 
