@@ -502,3 +502,66 @@ async def test_override_is_per_task(async_sqlite_db: uow.Database) -> None:
             return await f()
 
     assert sorted(await asyncio.gather(overridden(), f())) == ["AsyncItemService", "FakeAsyncItemService"]
+
+
+# -- a provider that fails while the unit is being set up --------------------------------------------
+
+
+def _failing_after(events: list[str]) -> tuple[Any, Any]:
+    def provide_items(session: Session) -> Iterator[ItemService]:
+        try:
+            yield ItemService(session)
+        except Boom:
+            events.append("items saw Boom")
+            raise
+
+    def provide_clock() -> Clock:
+        raise Boom
+
+    return provide_items, provide_clock
+
+
+def test_failing_provider_closes_the_ones_built_before_it(sqlite_db: uow.Database) -> None:
+    events: list[str] = []
+    provide_items, provide_clock = _failing_after(events)
+
+    @with_services(provide_items, provide_clock, database=sqlite_db)
+    def f(items: ItemService, clock: Clock) -> None:
+        events.append("function ran")
+
+    with pytest.raises(Boom):
+        f()
+    assert events == ["items saw Boom"]
+
+    events.clear()
+    with pytest.raises(Boom), provide_services(provide_items, provide_clock, database=sqlite_db):
+        events.append("block ran")
+    assert events == ["items saw Boom"]
+
+
+async def test_failing_async_provider_closes_the_ones_built_before_it(async_sqlite_db: uow.Database) -> None:
+    events: list[str] = []
+
+    async def provide_items(session: AsyncSession) -> AsyncIterator[AsyncItemService]:
+        items = AsyncItemService(session)
+        await items.add("a")
+        try:
+            yield items
+        except Boom:
+            events.append("items saw Boom")
+            raise
+
+    async def provide_clock() -> Clock:
+        raise Boom
+
+    @with_services(provide_items, provide_clock, database=async_sqlite_db)
+    async def f(items: AsyncItemService, clock: Clock) -> None:
+        events.append("function ran")
+
+    with pytest.raises(Boom):
+        await f()
+    with pytest.raises(Boom):
+        async with provide_services(provide_items, provide_clock, database=async_sqlite_db):
+            events.append("block ran")
+    assert events == ["items saw Boom", "items saw Boom"]
+    assert await committed_async(async_sqlite_db) == []
