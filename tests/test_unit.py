@@ -287,6 +287,21 @@ def test_unit_without_a_database_joins_the_active_one(sync_db: uow.Database) -> 
     assert committed(sync_db) == ["a"]
 
 
+async def test_unit_without_a_database_refuses_an_active_unit_of_the_other_kind(async_db: uow.Database) -> None:
+    async with unit_of_work(database=async_db):
+        with pytest.raises(ConfigurationError, match="is sync but the active unit it would join is async"):
+            with unit_of_work():
+                pass
+
+        @unit_of_work(propagation="requires_new")
+        def sync_work() -> None:
+            pass
+
+        with pytest.raises(ConfigurationError, match="is sync but the active unit"):
+            sync_work()
+    assert checked_out(async_db) == 0
+
+
 # -- session= : the caller owns it ---------------------------------------------------------------
 
 

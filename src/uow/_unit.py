@@ -438,6 +438,16 @@ def _check_kind(spec: UnitSpec, database: Database | None, want_async: bool) -> 
         )
 
 
+def _check_active_kind(spec: UnitSpec, tx: Transaction, want_async: bool) -> None:
+    # With no database to go by, the active unit decides, and a sync unit cannot share an AsyncSession.
+    if tx.is_async != want_async:
+        raise ConfigurationError(
+            f"{spec.what} is {'async' if want_async else 'sync'} but the active unit it would join is "
+            f"{'async' if tx.is_async else 'sync'}: pass database=... with a "
+            f"{'async' if want_async else 'sync'} Database, or call it the same way as the active unit"
+        )
+
+
 def _check_session_kind(spec: UnitSpec, session: object, want_async: bool) -> None:
     if want_async and not isinstance(session, AsyncSession):
         raise ConfigurationError(
@@ -485,6 +495,7 @@ def _decide(
         return Kind.EXTERNAL, database, frame, None
     if database is None:
         if frame is not None:
+            _check_active_kind(spec, frame.transaction, want_async)
             return _decide_with_active(spec, frame, frame.database)
         raise ConfigurationError(
             f"{spec.what} has no database: call uow.configure(Database(url)) at start-up, "
