@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -96,11 +96,31 @@ def _assert_clean(database: uow.Database, backend: Backend) -> None:
         assert not leaked, f"server sessions left idle in a transaction: {leaked}"
 
 
+# Server databases whose tables exist already: DDL is slow on MariaDB, so each run creates
+# the tables once and a test's teardown only empties them. SQLite files are new for every test.
+_tables_ready: set[str] = set()
+
+
+def _needs_tables(url: URL) -> bool:
+    key = url.set(drivername=url.get_backend_name()).render_as_string(hide_password=False)
+    if key in _tables_ready:
+        return False
+    if url.get_backend_name() != "sqlite":
+        _tables_ready.add(key)
+    return True
+
+
+def _empty_tables(connection: Connection) -> None:
+    for table in reversed(Base.metadata.sorted_tables):
+        connection.execute(table.delete())
+
+
 def make_sync_db(backend: Backend, **options: object) -> uow.Database:
     database = uow.Database(backend.sync_url, **options)  # type: ignore[arg-type]
     assert isinstance(database.engine, Engine)
-    Base.metadata.drop_all(database.engine)
-    Base.metadata.create_all(database.engine)
+    if _needs_tables(backend.sync_url):
+        Base.metadata.drop_all(database.engine)
+        Base.metadata.create_all(database.engine)
     return database
 
 
@@ -109,16 +129,18 @@ def finish_sync_db(database: uow.Database, backend: Backend) -> None:
         _assert_clean(database, backend)
     finally:
         assert isinstance(database.engine, Engine)
-        Base.metadata.drop_all(database.engine)
+        with database.engine.begin() as connection:
+            _empty_tables(connection)
         database.dispose()
 
 
 async def make_async_db(backend: Backend, **options: object) -> uow.Database:
     database = uow.Database(backend.async_url, **options)  # type: ignore[arg-type]
     assert isinstance(database.engine, AsyncEngine)
-    async with database.engine.begin() as connection:
-        await connection.run_sync(Base.metadata.drop_all)
-        await connection.run_sync(Base.metadata.create_all)
+    if _needs_tables(backend.async_url):
+        async with database.engine.begin() as connection:
+            await connection.run_sync(Base.metadata.drop_all)
+            await connection.run_sync(Base.metadata.create_all)
     return database
 
 
@@ -128,7 +150,7 @@ async def finish_async_db(database: uow.Database, backend: Backend) -> None:
     finally:
         assert isinstance(database.engine, AsyncEngine)
         async with database.engine.begin() as connection:
-            await connection.run_sync(Base.metadata.drop_all)
+            await connection.run_sync(_empty_tables)
         await database.dispose_async()
 
 

@@ -6,6 +6,7 @@ same small object (`_ServicesDecorator`, `UnitOfWork`, `ServicesContext`).
 
 from __future__ import annotations
 
+import contextvars
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from types import TracebackType
@@ -286,7 +287,7 @@ class UnitOfWork:
     ``AsyncSession`` (or named ``session`` / ``db_session``), if the function has one.
     """
 
-    __slots__ = ("_active", "_spec", "database", "isolation_level", "propagation", "read_only", "retry")
+    __slots__ = ("_spec", "database", "isolation_level", "propagation", "read_only", "retry")
 
     def __init__(
         self,
@@ -309,7 +310,6 @@ class UnitOfWork:
             isolation_level=isolation_level,
             what="unit_of_work()",
         )
-        self._active: list[ActiveUnit] = []
 
     @overload
     def __call__(self, fn: Callable[Concatenate[Session, P], R], /) -> Callable[P, R]: ...
@@ -340,24 +340,44 @@ class UnitOfWork:
     def __enter__(self) -> Any:
         self._refuse_retry()
         unit, session = enter_sync(self._spec)
-        self._active.append(unit)
+        _push_entered(self, unit)
         return session
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        exit_sync(self._active.pop(), exc)
+        exit_sync(_pop_entered(self), exc)
 
     async def __aenter__(self) -> Any:
         self._refuse_retry()
         unit, session = await enter_async(self._spec)
-        self._active.append(unit)
+        _push_entered(self, unit)
         return session
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await exit_async(self._active.pop(), exc)
+        await exit_async(_pop_entered(self), exc)
+
+
+# The units entered through `with`/`async with`, per context: one UnitOfWork object (made once at
+# module level, say) may be entered by many tasks or threads at the same time.
+_entered: contextvars.ContextVar[tuple[tuple[UnitOfWork, ActiveUnit], ...]] = contextvars.ContextVar(
+    "uow_entered_units", default=()
+)
+
+
+def _push_entered(owner: UnitOfWork, unit: ActiveUnit) -> None:
+    _entered.set((*_entered.get(), (owner, unit)))
+
+
+def _pop_entered(owner: UnitOfWork) -> ActiveUnit:
+    stack = _entered.get()
+    for index in range(len(stack) - 1, -1, -1):
+        if stack[index][0] is owner:
+            _entered.set(stack[:index] + stack[index + 1 :])
+            return stack[index][1]
+    raise RuntimeError("unit_of_work(): __exit__ without a matching __enter__ in this task or thread")
 
 
 def unit_of_work(

@@ -528,6 +528,16 @@ def _check_kind(spec: UnitSpec, database: Database | None, want_async: bool) -> 
         )
 
 
+def _check_active_kind(spec: UnitSpec, tx: Transaction, want_async: bool) -> None:
+    # With no database to go by, the active unit decides, and a sync unit cannot share an AsyncSession.
+    if tx.is_async != want_async:
+        raise ConfigurationError(
+            f"{spec.what} is {'async' if want_async else 'sync'} but the active unit it would join is "
+            f"{'async' if tx.is_async else 'sync'}: pass database=... with a "
+            f"{'async' if want_async else 'sync'} Database, or call it the same way as the active unit"
+        )
+
+
 def _check_session_kind(spec: UnitSpec, session: object, want_async: bool) -> None:
     if want_async and not isinstance(session, AsyncSession):
         raise ConfigurationError(
@@ -576,8 +586,7 @@ def _decide(
         return Kind.EXTERNAL, database, frame, None
     if database is None:
         if frame is not None:
-            # No database named anywhere: the active unit's is the only candidate, so it must be of our kind.
-            _check_kind(spec, frame.database, want_async)
+            _check_active_kind(spec, frame.transaction, want_async)
             return _decide_with_active(spec, frame, frame.database)
         raise ConfigurationError(
             f"{spec.what} has no database: call uow.configure(Database(url)) at start-up, "
@@ -1102,7 +1111,11 @@ _CALLER_HOOKS_KEY = "uow_on_commit_hooks"
 
 
 def _attach_to_caller_session(tx: Transaction, callback: Hook) -> None:
-    """Hooks registered inside a caller-owned session run when the caller commits it (SQLAlchemy events)."""
+    """Hooks registered inside a caller-owned session run when the caller commits it (SQLAlchemy events).
+
+    Each hook remembers the session transaction (root or savepoint) it was registered in: rolling
+    that one back, or one enclosing it, drops the hook; releasing a savepoint does not run it.
+    """
     session = tx.session
     assert session is not None
     sync_session = session.sync_session if isinstance(session, AsyncSession) else session
@@ -1111,31 +1124,43 @@ def _attach_to_caller_session(tx: Transaction, callback: Hook) -> None:
             f"on_commit({_name(callback)}): inside a session passed with session=, hooks run from "
             "SQLAlchemy's after_commit event and must be plain functions"
         )
-    pending: list[Hook] | None = sync_session.info.get(_CALLER_HOOKS_KEY)
+    pending: list[tuple[Hook, SessionTransaction]] | None = sync_session.info.get(_CALLER_HOOKS_KEY)
     if pending is None:
         pending = []
         sync_session.info[_CALLER_HOOKS_KEY] = pending
         event.listen(sync_session, "after_commit", _run_caller_hooks)
-        event.listen(sync_session, "after_rollback", _drop_caller_hooks)
-    pending.append(callback)
+        event.listen(sync_session, "after_soft_rollback", _drop_caller_hooks)
+    # Begin now (what autobegin would do on first use) so a rollback before any statement still drops the hook.
+    owner = sync_session.get_nested_transaction() or sync_session.get_transaction() or sync_session.begin()
+    pending.append((callback, owner))
 
 
 def _run_caller_hooks(sync_session: Session) -> None:
-    pending: list[Hook] = sync_session.info.get(_CALLER_HOOKS_KEY, [])
+    if sync_session.get_nested_transaction() is not None:
+        return  # a savepoint was released: the caller has not committed yet
+    pending: list[tuple[Hook, SessionTransaction]] = sync_session.info.get(_CALLER_HOOKS_KEY, [])
     hooks = list(pending)
     pending.clear()
     captured = hook_capture.get()
     if captured is not None:
-        captured.extend(hooks)
+        captured.extend(callback for callback, _ in hooks)
         return
-    for callback in hooks:
+    for callback, _ in hooks:
         try:
             callback()
         except Exception:
             logger.exception("on_commit hook %s failed", _name(callback))
 
 
-def _drop_caller_hooks(sync_session: Session) -> None:
-    pending: list[Hook] | None = sync_session.info.get(_CALLER_HOOKS_KEY)
-    if pending is not None:
-        pending.clear()
+def _drop_caller_hooks(sync_session: Session, rolled_back: SessionTransaction) -> None:
+    pending: list[tuple[Hook, SessionTransaction]] | None = sync_session.info.get(_CALLER_HOOKS_KEY)
+    if pending:
+        pending[:] = [(cb, owner) for cb, owner in pending if not _descends_from(owner, rolled_back)]
+
+
+def _descends_from(transaction: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is ancestor:
+            return True
+        transaction = transaction.parent
+    return False
