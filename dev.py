@@ -56,9 +56,10 @@ def main(argv: list[str]) -> int:
 
 
 def lint(python: str) -> int:
+    paths = [p for p in ("src", "examples", "tests", "benchmarks", "dev.py") if (ROOT / p).exists()]
     checks = [
-        [python, "-m", "ruff", "check", "src", "examples", "tests", "benchmarks", "dev.py"],
-        [python, "-m", "ruff", "format", "--check", "src", "examples", "tests", "benchmarks", "dev.py"],
+        [python, "-m", "ruff", "check", *paths],
+        [python, "-m", "ruff", "format", "--check", *paths],
         [python, "-m", "mypy"],
         [python, "-m", "pyright", "--pythonpath", python],
     ]
