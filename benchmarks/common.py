@@ -127,7 +127,9 @@ def postgres_database() -> Iterator[str]:
     except Exception as error:
         admin.dispose()
         first_line = str(error).splitlines()[0] if str(error) else ""
-        raise Unavailable(f"PostgreSQL at {admin_url.render_as_string(hide_password=True)} not reachable: {first_line}") from error
+        raise Unavailable(
+            f"PostgreSQL at {admin_url.render_as_string(hide_password=True)} not reachable: {first_line}"
+        ) from error
     try:
         yield admin_url.set(drivername="postgresql+asyncpg", database=name).render_as_string(hide_password=False)
     finally:

@@ -65,8 +65,6 @@ def _dishka_provider(service: type, session_type: type) -> Provider:
     return provider
 
 
-
-
 @contextmanager
 def sync_dispatch() -> Iterator[Setup]:
     engine = sqlite_engine()

@@ -189,7 +189,13 @@ def _collect(case: Case, ready: Setup, samples: dict[str, list[tuple[float, floa
     first = ready.variants[0].name
     pick = 1 if clock == "cpu" else 0
     results = [
-        Result(v.name, v.baseline or first, v.kind, [s[pick] for s in samples[v.name]], [s[1 - pick] for s in samples[v.name]])
+        Result(
+            v.name,
+            v.baseline or first,
+            v.kind,
+            [s[pick] for s in samples[v.name]],
+            [s[1 - pick] for s in samples[v.name]],
+        )
         for v in ready.variants
     ]
     for r in results:
@@ -198,7 +204,7 @@ def _collect(case: Case, ready: Setup, samples: dict[str, list[tuple[float, floa
     for r in results:
         base = by_name[r.baseline]
         # Each round's ratio compares two samples taken moments apart, so a slow patch of the machine cancels out.
-        r.ratio = statistics.median(mine / theirs for mine, theirs in zip(r.samples, base.samples))
+        r.ratio = statistics.median(mine / theirs for mine, theirs in zip(r.samples, base.samples, strict=True))
         r.overhead = r.median - base.median
     return CaseResult(case, results, list(ready.notes))
 
@@ -236,7 +242,9 @@ def _us(seconds: float) -> str:
 
 def table(case_results: list[CaseResult], options: Options) -> str:
     clock = "CPU time of this process" if options.clock == "cpu" else "wall-clock time"
-    lines: list[str] = [f"{options.rounds} interleaved rounds per case, {clock}; ratio = median over rounds of (variant / baseline in the same round)"]
+    lines: list[str] = [
+        f"{options.rounds} interleaved rounds per case, {clock}; ratio = median over rounds of (variant / baseline in the same round)"
+    ]
     header = f"{'variant':<40} {'median µs':>11} {'min µs':>10} {'max µs':>10} {'ratio':>7} {'+µs':>9}"
     for cr in case_results:
         case = cr.case
@@ -290,4 +298,3 @@ def as_json(case_results: list[CaseResult], options: Options, targets: list[dict
             for cr in case_results
         ],
     }
-

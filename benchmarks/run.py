@@ -62,7 +62,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="cpu: this process's CPU time, steady on a shared machine (default); wall: elapsed time",
     )
     parser.add_argument("--case", action="append", default=[], help="run only cases whose key starts with this")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"where to write results (default {DEFAULT_JSON})")
+    parser.add_argument(
+        "--json", type=Path, default=DEFAULT_JSON, help=f"where to write results (default {DEFAULT_JSON})"
+    )
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     return parser.parse_args(argv)
 

@@ -7,9 +7,8 @@ how the unit is opened, the service built, and the session committed and closed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
 
 from advanced_alchemy.config import AsyncSessionConfig, SQLAlchemyAsyncConfig, SQLAlchemySyncConfig, SyncSessionConfig
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -88,9 +87,7 @@ def sync_sqlite() -> Iterator[Setup]:
 def _async_variants(engine: AsyncEngine) -> Setup:
     factory = async_factory(engine)
     db = Database(session_factory=factory)
-    aa_config = SQLAlchemyAsyncConfig(
-        engine_instance=engine, session_config=AsyncSessionConfig(expire_on_commit=False)
-    )
+    aa_config = SQLAlchemyAsyncConfig(engine_instance=engine, session_config=AsyncSessionConfig(expire_on_commit=False))
 
     async def hand() -> None:
         async with factory() as session:
@@ -153,7 +150,14 @@ _MEASURES = (
 
 CASES = [
     Case("unit-sync-sqlite", "unit of work, sync, in-memory SQLite", _MEASURES, sync_sqlite, False, 300, "unit"),
-    Case("unit-async-aiosqlite", "unit of work, async, in-memory aiosqlite", _MEASURES, async_aiosqlite, True, 200, "unit"),
+    Case(
+        "unit-async-aiosqlite",
+        "unit of work, async, in-memory aiosqlite",
+        _MEASURES,
+        async_aiosqlite,
+        True,
+        200,
+        "unit",
+    ),
     Case("unit-async-asyncpg", "unit of work, async, PostgreSQL/asyncpg", _MEASURES, async_asyncpg, True, 100, "unit"),
 ]
-

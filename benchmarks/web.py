@@ -150,7 +150,9 @@ def _web_setup(apps: list[tuple[str, AppFactory, str, str | None]]) -> Callable[
             variants: list[Variant] = []
             for name, make_app, kind, baseline in apps:
                 transport = httpx.ASGITransport(app=make_app(factory, db))
-                client = await stack.enter_async_context(httpx.AsyncClient(transport=transport, base_url="http://bench"))
+                client = await stack.enter_async_context(
+                    httpx.AsyncClient(transport=transport, base_url="http://bench")
+                )
                 variants.append(Variant(name, _poster(client), baseline=baseline, kind=kind))
             yield Setup(variants, reset=lambda: clear_async(engine))
 
