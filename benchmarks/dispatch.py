@@ -163,6 +163,6 @@ _MEASURES = (
 _DEPS = ("dishka", "that_depends")
 
 CASES = [
-    Case("dispatch-sync", "pure dispatch, sync", _MEASURES, sync_dispatch, False, 5000, "call", _DEPS),
-    Case("dispatch-async", "pure dispatch, async", _MEASURES, async_dispatch, True, 5000, "call", _DEPS),
+    Case("dispatch-sync", "pure dispatch, sync", _MEASURES, sync_dispatch, False, 4000, "call", _DEPS),
+    Case("dispatch-async", "pure dispatch, async", _MEASURES, async_dispatch, True, 4000, "call", _DEPS),
 ]

@@ -16,7 +16,7 @@ import platform
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -61,7 +61,7 @@ class Case:
 
 @dataclass
 class Options:
-    rounds: int = 15
+    rounds: int = 41
     scale: float = 1.0  # multiplies every case's `number`
     number: int | None = None  # overrides every case's `number`
     clock: str = "cpu"  # "cpu": this process's CPU time; "wall": elapsed time
@@ -129,7 +129,7 @@ def run_sync_case(case: Case, options: Options) -> CaseResult:
     setup: SyncSetup = case.setup  # type: ignore[assignment]
     number = options.number_for(case)
     try:
-        with setup() as ready:
+        with setup() as ready, _frozen_heap():
             samples: dict[str, list[tuple[float, float]]] = {v.name: [] for v in ready.variants}
             for v in ready.variants:  # warm-up
                 _time_sync(v.body, number)
@@ -144,6 +144,16 @@ def run_sync_case(case: Case, options: Options) -> CaseResult:
         return CaseResult(case, skipped=str(why))
 
 
+@contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """Move everything alive now out of the collector's sight, so the collections between samples stay short."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def _reset_sync(ready: Setup) -> None:
     if ready.reset is not None:
         ready.reset()
@@ -154,18 +164,23 @@ async def run_async_case(case: Case, options: Options) -> CaseResult:
     number = options.number_for(case)
     try:
         async with setup() as ready:
-            samples: dict[str, list[tuple[float, float]]] = {v.name: [] for v in ready.variants}
-            for v in ready.variants:
-                await _time_async(v.body, number)
-            await _reset_async(ready)
-            for order in _rotations(ready.variants, options.rounds):
-                for v in order:
-                    gc.collect()
-                    samples[v.name].append(_per_call(await _time_async(v.body, number), number * v.calls))
-                await _reset_async(ready)
-            return _collect(case, ready, samples, options.clock)
+            with _frozen_heap():
+                return await _measure_async(case, ready, number, options)
     except Unavailable as why:
         return CaseResult(case, skipped=str(why))
+
+
+async def _measure_async(case: Case, ready: Setup, number: int, options: Options) -> CaseResult:
+    samples: dict[str, list[tuple[float, float]]] = {v.name: [] for v in ready.variants}
+    for v in ready.variants:  # warm-up
+        await _time_async(v.body, number)
+    await _reset_async(ready)
+    for order in _rotations(ready.variants, options.rounds):
+        for v in order:
+            gc.collect()
+            samples[v.name].append(_per_call(await _time_async(v.body, number), number * v.calls))
+        await _reset_async(ready)
+    return _collect(case, ready, samples, options.clock)
 
 
 async def _reset_async(ready: Setup) -> None:

@@ -50,10 +50,23 @@ def run(cases: list[Case], options: Options, *, echo: bool = True) -> list[CaseR
     return results
 
 
+def profiled(cases: list[Case], options: Options) -> list[CaseResult]:
+    """`run` under pyinstrument, its call tree printed to stderr (how the hot paths of src/uow were found)."""
+    from pyinstrument import Profiler
+
+    profiler = Profiler(interval=0.0002)
+    profiler.start()
+    try:
+        return run(cases, options)
+    finally:
+        profiler.stop()
+        print(profiler.output_text(unicode=True, show_all=False), file=sys.stderr)
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny counts: a fast, noisy pass")
-    parser.add_argument("--rounds", type=int, help="timed rounds per case (default 15, --quick 3)")
+    parser.add_argument("--rounds", type=int, help="timed rounds per case (default 41, --quick 3)")
     parser.add_argument("--number", type=int, help="operations per round for every case (overrides the defaults)")
     parser.add_argument(
         "--clock",
@@ -66,6 +79,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--json", type=Path, default=DEFAULT_JSON, help=f"where to write results (default {DEFAULT_JSON})"
     )
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    parser.add_argument(
+        "--profile", action="store_true", help="profile the run with pyinstrument and print where time goes"
+    )
     return parser.parse_args(argv)
 
 
@@ -82,12 +98,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no case matches {args.case}", file=sys.stderr)
             return 2
     options = Options(
-        rounds=args.rounds or (3 if args.quick else 15),
+        rounds=args.rounds or (3 if args.quick else 41),
         scale=0.05 if args.quick else 1.0,
         number=args.number,
         clock=args.clock,
     )
-    results = run(cases, options)
+    results = profiled(cases, options) if args.profile else run(cases, options)
     from benchmarks.targets import evaluate, render
 
     targets = evaluate(results)

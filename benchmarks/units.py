@@ -149,7 +149,7 @@ _MEASURES = (
 )
 
 CASES = [
-    Case("unit-sync-sqlite", "unit of work, sync, in-memory SQLite", _MEASURES, sync_sqlite, False, 300, "unit"),
+    Case("unit-sync-sqlite", "unit of work, sync, in-memory SQLite", _MEASURES, sync_sqlite, False, 40, "unit"),
     Case(
         "unit-async-aiosqlite",
         "unit of work, async, in-memory aiosqlite",
@@ -159,5 +159,5 @@ CASES = [
         200,
         "unit",
     ),
-    Case("unit-async-asyncpg", "unit of work, async, PostgreSQL/asyncpg", _MEASURES, async_asyncpg, True, 100, "unit"),
+    Case("unit-async-asyncpg", "unit of work, async, PostgreSQL/asyncpg", _MEASURES, async_asyncpg, True, 15, "unit"),
 ]

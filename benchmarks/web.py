@@ -178,7 +178,7 @@ CASES = [
             ]
         ),
         True,
-        100,
+        10,
         "request",
         ("fastapi", "httpx", "dishka"),
     ),
@@ -194,7 +194,7 @@ CASES = [
             ]
         ),
         True,
-        100,
+        10,
         "request",
         ("litestar", "httpx"),
     ),

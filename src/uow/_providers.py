@@ -320,24 +320,20 @@ def direct_builder(
     Such services need no shared cache (each class is listed once), no generator to finish and no
     awaiting, so a call outside an `override` block can build them with no bookkeeping at all.
     """
-    recipe: list[tuple[str, Any, tuple[str, ...]]] = []
+    recipe: list[tuple[str, Any, tuple[str, ...] | None]] = []
     for name, plan in targets:
         if plan.kind != CLASS or any(source is not _SESSION for _, source in plan.arguments):
             return None
-        recipe.append((name, plan.provider, tuple(keyword for keyword, _ in plan.arguments)))
-    if not session_params and len(recipe) == 1 and len(recipe[0][2]) == 1:
-        ((name, cls, (keyword,)),) = recipe
-
-        def build_one(session: Any) -> dict[str, Any]:
-            return {name: cls(**{keyword: session})}
-
-        return build_one
+        keywords = tuple(keyword for keyword, _ in plan.arguments)
+        positional = len(keywords) == 1 and _first_parameter_is(plan.provider, keywords[0])
+        recipe.append((name, plan.provider, None if positional else keywords))
     steps = tuple(recipe)
 
     def build(session: Any) -> dict[str, Any]:
         values = dict.fromkeys(session_params, session)
         for name, cls, keywords in steps:
-            values[name] = cls(**dict.fromkeys(keywords, session))
+            # keywords None: ``cls(session)`` binds exactly like ``cls(session=session)`` (see _first_parameter_is)
+            values[name] = cls(session) if keywords is None else cls(**dict.fromkeys(keywords, session))
         return values
 
     return build
