@@ -31,7 +31,7 @@ class Variant:
     body: Callable[[], Any]
     baseline: str | None = None  # variant to compare with; None: the case's first variant
     calls: int = 1  # decorated calls per operation (nesting depth), to report the cost per call
-    kind: str = "uow"  # "baseline", "uow" or "alternative": which targets the variant counts for
+    kind: str = "uow"  # "baseline", "control", "uow" or "alternative": which targets the variant counts for
 
 
 @dataclass
@@ -313,3 +313,24 @@ def as_json(case_results: list[CaseResult], options: Options, targets: list[dict
             for cr in case_results
         ],
     }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The ratio tables of a results.json, for benchmarks/README.md (ratios only: absolute times vary by machine)."""
+    m = report["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['nproc']} CPUs (`nproc`), {m['implementation']} {m['python']}; "
+        f"{report['rounds']} rounds, clock: {report['clock']}.",
+    ]
+    for case in report["cases"]:
+        lines += ["", f"**{case['key']}**: {case['title']} (per {case['per']})", ""]
+        if case["skipped"]:
+            lines.append(f"skipped: {case['skipped']}")
+            continue
+        lines += ["| variant | ratio | vs |", "|---|---:|---|"]
+        lines += [f"| {v['name']} | {v['ratio']:.3f} | {v['baseline']} |" for v in case["variants"]]
+    lines += ["", "| target | figure | met |", "|---|---|---|"]
+    lines += [
+        f"| {t['case']}: {t['target']} | {t['detail']} | {'yes' if t['met'] else '**no**'} |" for t in report["targets"]
+    ]
+    return "\n".join(lines)

@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:
 if importlib.util.find_spec("uow") is None:  # a fresh clone run without installing: use the source tree
     sys.path.insert(0, str(ROOT / "src"))
 
-from benchmarks.harness import Case, CaseResult, Options, as_json, run_case, table  # noqa: E402
+from benchmarks.harness import Case, CaseResult, Options, as_json, markdown, run_case, table  # noqa: E402
 
 DEFAULT_JSON = ROOT / "benchmarks" / "results.json"
 
@@ -79,6 +79,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--json", type=Path, default=DEFAULT_JSON, help=f"where to write results (default {DEFAULT_JSON})"
     )
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    parser.add_argument("--markdown", type=Path, help="print the ratio tables of an earlier results.json and exit")
     parser.add_argument(
         "--profile", action="store_true", help="profile the run with pyinstrument and print where time goes"
     )
@@ -87,6 +88,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text(encoding="utf-8"))))
+        return 0
     cases = all_cases()
     if args.list:
         for case in cases:

@@ -36,8 +36,10 @@ def _check(case: str, target: str, detail: str, met: bool) -> dict[str, Any]:
 
 
 def _unit_checks(key: str, results: list[Result]) -> list[dict[str, Any]]:
+    control = next((r for r in results if r.kind == "control"), None)
+    noise = f"; A/A control {control.ratio:.3f}" if control is not None else ""
     return [
-        _check(key, f"{r.name} within 2% of {r.baseline}", f"ratio {r.ratio:.3f}", r.ratio <= UNIT_TOLERANCE)
+        _check(key, f"{r.name} within 2% of {r.baseline}", f"ratio {r.ratio:.3f}{noise}", r.ratio <= UNIT_TOLERANCE)
         for r in results
         if r.kind == "uow"
     ]

@@ -41,6 +41,8 @@ def test_the_runner_writes_its_table_and_json(tmp_path: Path, capsys: pytest.Cap
     assert report["machine"]["python"]
     assert "targets:" in capsys.readouterr().out
     assert as_json([], TINY, [])["cases"] == []
+    assert run.main(["--markdown", str(out)]) == 0
+    assert "| variant | ratio | vs |" in capsys.readouterr().out
 
 
 def test_profile_flag(tmp_path: Path) -> None:
