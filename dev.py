@@ -3,6 +3,7 @@
 
     python3 dev.py demo     # a tour on an SQLite file: a job, a CLI command, a route handler
     python3 dev.py test     # the whole test suite
+    python3 dev.py bench    # the benchmarks (benchmarks/README.md); --quick for a fast pass
 
 Each makes (or reuses) a virtual environment in .venv (UOW_VENV to put it elsewhere),
 installs what it needs into it, and runs. Arguments after ``test`` go to pytest.

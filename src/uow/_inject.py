@@ -19,14 +19,18 @@ from typing import Any
 from uow._database import Database, get_default_database
 from uow._providers import (
     SESSION_PARAM_NAMES,
+    DirectBuilder,
     ServicePlan,
     build_async,
     build_sync,
     close_async,
     close_sync,
+    current_overrides,
     describe,
+    direct_builder,
     is_session_annotation,
     plan_service,
+    single_positional,
     unwrap_annotated,
 )
 from uow._retry import Retry, parse_retry
@@ -42,6 +46,7 @@ from uow._unit import (
     exit_async,
     exit_sync,
     find_frame,
+    join_innermost,
 )
 from uow.errors import ConfigurationError, InjectionError
 
@@ -82,11 +87,14 @@ class FunctionPlan:
     """Everything a decorated call needs, decided at decoration time."""
 
     __slots__ = (
+        "caller_names",
+        "direct",
         "fn",
         "is_async",
         "positional_targets",
         "retry",
         "session_params",
+        "single",
         "spec",
         "target_names",
         "targets",
@@ -119,6 +127,14 @@ class FunctionPlan:
         self.visible_annotations = visible_annotations
         self.spec = spec
         self.retry = retry
+        # Keywords a caller may pass that need the general path (they change the unit or the injected values).
+        self.caller_names = frozenset((*RESERVED_KEYWORDS, *self.target_names, *session_params))
+        # The direct path of `call_sync`/`call_async` is the general path minus the steps that would do
+        # nothing: it is taken when there is no retry policy, every service is a class built from the
+        # session alone, no `override` block is active and the caller passed none of `caller_names`.
+        self.direct: DirectBuilder | None = direct_builder(targets, session_params) if retry is None else None
+        # The commonest direct case, built inline by the wrappers: one service class taking the session first.
+        self.single = single_positional(targets, session_params) if self.direct is not None else None
 
 
 def _function_label(fn: Callable[..., Any]) -> str:
@@ -567,23 +583,102 @@ async def _succeed_async(unit: ActiveUnit, closers: list[Any]) -> None:
 def wrap(plan: FunctionPlan) -> Callable[..., Any]:
     """A new function with `plan.fn`'s metadata and its visible signature; the original is left untouched."""
     fn = plan.fn
-    wrapper: Callable[..., Any]
-    if plan.is_async:
-
-        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            return await call_async(plan, args, kwargs)
-
-        wrapper = async_wrapper
-    else:
-
-        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-            return call_sync(plan, args, kwargs)
-
-        wrapper = sync_wrapper
+    wrapper = _async_wrapper(plan) if plan.is_async else _sync_wrapper(plan)
     functools.update_wrapper(wrapper, fn)
     wrapper.__annotations__ = dict(plan.visible_annotations)
     vars(wrapper).update(__signature__=plan.visible_signature, __uow_plan__=plan)
     return wrapper
+
+
+# The wrappers below take a direct path when `plan.direct` allows it and the call passes none of
+# `plan.caller_names`: the general path (`call_sync` / `call_async`) minus the steps that would do
+# nothing there. It is written out here, not in a helper, because every call pays for each frame.
+
+
+def _sync_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
+    direct, caller_names, spec, fn, positional = (
+        plan.direct,
+        plan.caller_names,
+        plan.spec,
+        plan.fn,
+        plan.positional_targets,
+    )
+    single_name, single_cls = plan.single if plan.single is not None else ("", None)
+    if direct is None:
+
+        def general(*args: Any, **kwargs: Any) -> Any:
+            return call_sync(plan, args, kwargs)
+
+        return general
+
+    def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+        if (kwargs and not caller_names.isdisjoint(kwargs)) or current_overrides() is not None:
+            return call_sync(plan, args, kwargs)
+        joined = join_innermost(spec, False)
+        session: Any
+        if joined is None:
+            unit, session = enter_sync(spec)
+        else:
+            unit, tx = joined, joined.transaction
+            session = tx.session if tx.session is not None else tx.open_sync()
+        try:
+            values = {single_name: single_cls(session)} if single_cls is not None else direct(session)
+            if kwargs:
+                values = {**kwargs, **values}
+            if args and positional:
+                args, values = _layout(plan, args, values, {})
+            result = fn(*args, **values)
+        except BaseException as exc:
+            exit_sync(unit, exc)
+            raise
+        if joined is None:  # leaving a plain join without an error does nothing (see exit_sync)
+            exit_sync(unit, None)
+        return result
+
+    return sync_wrapper
+
+
+def _async_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
+    direct, caller_names, spec, fn, positional = (
+        plan.direct,
+        plan.caller_names,
+        plan.spec,
+        plan.fn,
+        plan.positional_targets,
+    )
+    single_name, single_cls = plan.single if plan.single is not None else ("", None)
+    if direct is None:
+
+        async def general(*args: Any, **kwargs: Any) -> Any:
+            return await call_async(plan, args, kwargs)
+
+        return general
+
+    async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+        if (kwargs and not caller_names.isdisjoint(kwargs)) or current_overrides() is not None:
+            return await call_async(plan, args, kwargs)
+        joined = join_innermost(spec, True)
+        session: Any
+        if joined is None:
+            unit, session = await enter_async(spec)
+        else:
+            unit, tx = joined, joined.transaction
+            session = tx.session if tx.session is not None else await tx.open_async()
+        try:
+            values = {single_name: single_cls(session)} if single_cls is not None else direct(session)
+            if kwargs:
+                values = {**kwargs, **values}
+            if args and positional:
+                args, values = _layout(plan, args, values, {})
+            result = await fn(*args, **values)
+        except BaseException as exc:
+            await exit_async(unit, exc)
+            raise
+        if joined is None:  # leaving a plain join without an error does nothing (see exit_async)
+            await exit_async(unit, None)
+        return result
+
+    return async_wrapper
 
 
 def decorate(

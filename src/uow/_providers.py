@@ -20,7 +20,17 @@ from sqlalchemy.orm import Session, scoped_session
 
 from uow.errors import InjectionError
 
-__all__ = ["ServicePlan", "build_async", "build_sync", "close_async", "close_sync", "plan_service"]
+__all__ = [
+    "ServicePlan",
+    "build_async",
+    "build_sync",
+    "close_async",
+    "close_sync",
+    "current_overrides",
+    "direct_builder",
+    "plan_service",
+    "single_positional",
+]
 
 _SESSION_TYPES: tuple[type, ...] = (Session, AsyncSession, scoped_session, async_scoped_session)
 SESSION_PARAM_NAMES = frozenset({"session", "db_session"})
@@ -292,6 +302,65 @@ def _override_for(plan: ServicePlan) -> Any:
 
 
 _NO_OVERRIDE = object()
+
+
+current_overrides: typing.Callable[[], Mapping[Any, Any] | None] = _overrides.get
+"""The overrides active in this context, or None outside every `override` block (a C call: cheap per call)."""
+
+
+DirectBuilder = typing.Callable[[Any], "dict[str, Any]"]
+
+
+def direct_builder(
+    targets: typing.Sequence[tuple[str, ServicePlan]], session_params: tuple[str, ...]
+) -> DirectBuilder | None:
+    """For services that are all classes taking only the session: a function from the session to the values
+    to inject (session parameters first, then the services in order); None for any other service.
+
+    Such services need no shared cache (each class is listed once), no generator to finish and no
+    awaiting, so a call outside an `override` block can build them with no bookkeeping at all.
+    """
+    recipe: list[tuple[str, Any, tuple[str, ...] | None]] = []
+    for name, plan in targets:
+        if plan.kind != CLASS or any(source is not _SESSION for _, source in plan.arguments):
+            return None
+        keywords = tuple(keyword for keyword, _ in plan.arguments)
+        positional = len(keywords) == 1 and _first_parameter_is(plan.provider, keywords[0])
+        recipe.append((name, plan.provider, None if positional else keywords))
+    steps = tuple(recipe)
+
+    def build(session: Any) -> dict[str, Any]:
+        values = dict.fromkeys(session_params, session)
+        for name, cls, keywords in steps:
+            # keywords None: ``cls(session)`` binds exactly like ``cls(session=session)`` (see _first_parameter_is)
+            values[name] = cls(session) if keywords is None else cls(**dict.fromkeys(keywords, session))
+        return values
+
+    return build
+
+
+def single_positional(
+    targets: typing.Sequence[tuple[str, ServicePlan]], session_params: tuple[str, ...]
+) -> tuple[str, type] | None:
+    """(parameter, class) when the only thing to inject is one class whose first parameter takes the session,
+    so ``{parameter: cls(session)}`` is all a call has to build; else None."""
+    if session_params or len(targets) != 1:
+        return None
+    ((name, plan),) = targets
+    if plan.kind != CLASS or len(plan.arguments) != 1 or plan.arguments[0][1] is not _SESSION:
+        return None
+    return (name, plan.provider) if _first_parameter_is(plan.provider, plan.arguments[0][0]) else None
+
+
+def _first_parameter_is(cls: type, keyword: str) -> bool:
+    """True when ``cls(x)`` binds `x` to `keyword` exactly as ``cls(keyword=x)`` does (and is cheaper)."""
+    try:
+        parameters = list(inspect.signature(cls).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return (
+        bool(parameters) and parameters[0].name == keyword and parameters[0].kind is parameters[0].POSITIONAL_OR_KEYWORD
+    )
 
 
 def build_sync(

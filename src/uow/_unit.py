@@ -49,6 +49,7 @@ __all__ = [
     "Scope",
     "Transaction",
     "current_session",
+    "join_innermost",
     "on_commit",
 ]
 
@@ -334,13 +335,15 @@ class Transaction:
 class Frame:
     """An active unit on the context's stack."""
 
-    __slots__ = ("database", "parent", "scope", "transaction")
+    __slots__ = ("database", "joined", "parent", "scope", "transaction")
 
     def __init__(self, database: Database | None, transaction: Transaction, scope: Scope, parent: Frame | None) -> None:
         self.database = database
         self.transaction = transaction
         self.scope = scope
         self.parent = parent
+        # The unit every plain join of this frame enters (it holds nothing per call, so one serves them all).
+        self.joined: ActiveUnit | None = None
 
 
 _current: contextvars.ContextVar[Frame | None] = contextvars.ContextVar("uow_current_unit", default=None)
@@ -473,7 +476,7 @@ class Kind(enum.Enum):
 class UnitSpec:
     """What a unit asks for, fixed when it is declared (decoration time)."""
 
-    __slots__ = ("database", "isolation_level", "propagation", "read_only", "what")
+    __slots__ = ("database", "isolation_level", "propagation", "read_only", "required", "what")
 
     def __init__(
         self,
@@ -488,6 +491,8 @@ class UnitSpec:
             raise ConfigurationError(f"{what}: database= needs a uow.Database, got {type(database).__name__}")
         self.database = database
         self.propagation = parse_propagation(propagation, what=what)
+        # Precomputed for `join_innermost`: reading an enum member costs more than the rest of a join check.
+        self.required = self.propagation is Propagation.REQUIRED
         self.read_only = bool(read_only)
         self.isolation_level = isolation_level
         self.what = what
@@ -548,6 +553,8 @@ def _check_session_kind(spec: UnitSpec, session: object, want_async: bool) -> No
 
 
 def _check_join(spec: UnitSpec, tx: Transaction) -> None:
+    # `join_innermost` skips this unless the transaction is read-only or the unit asks for an
+    # isolation level: a new reason to refuse a join must widen that condition too.
     if tx.read_only and not spec.read_only:
         raise PropagationError(
             f"{spec.what} is read-write but the active unit is read_only=True: "
@@ -620,10 +627,37 @@ def _decide_with_active(
     return Kind.JOIN, database, frame, None
 
 
+def join_innermost(spec: UnitSpec, want_async: bool) -> ActiveUnit | None:
+    """The JOIN `_decide` would choose for a unit with ``propagation='required'`` whose database is the
+    innermost active unit's, without the rest of `_decide` (the common case of a nested call).
+
+    None for every other situation, which `enter_sync` / `enter_async` then decide in full. Leave the
+    unit with `exit_sync` / `exit_async` like any other.
+    """
+    frame = _current.get()
+    if frame is None or not spec.required:
+        return None
+    database = spec.database if spec.database is not None else get_default_database()
+    if database is None or frame.database is not database or database.is_async != want_async:
+        return None
+    tx = frame.transaction
+    if tx.read_only or spec.isolation_level is not None:
+        _check_join(spec, tx)  # what `_decide` would check here; it can only refuse in these two cases
+    unit = frame.joined
+    if unit is None:
+        unit = frame.joined = ActiveUnit(Kind.JOIN, tx, frame.scope, None)
+    return unit
+
+
 def enter_sync(
     spec: UnitSpec, *, session: Session | None = None, request_tx: Transaction | None = None
 ) -> tuple[ActiveUnit, Session]:
     """Enter a sync unit: decide, open or join, and return it with its session."""
+    if session is None and request_tx is None:
+        joined = join_innermost(spec, False)
+        if joined is not None:
+            tx = joined.transaction
+            return joined, tx.session if tx.session is not None else tx.open_sync()  # type: ignore[return-value]
     kind, database, frame, request = _decide(spec, session, request_tx, want_async=False)
     if kind is Kind.JOIN:
         if request is not None:
@@ -654,6 +688,11 @@ async def enter_async(
     spec: UnitSpec, *, session: AsyncSession | None = None, request_tx: Transaction | None = None
 ) -> tuple[ActiveUnit, AsyncSession]:
     """Enter an async unit: decide, open or join, and return it with its session."""
+    if session is None and request_tx is None:
+        joined = join_innermost(spec, True)
+        if joined is not None:
+            tx = joined.transaction
+            return joined, tx.session if tx.session is not None else await tx.open_async()  # type: ignore[return-value]
     kind, database, frame, request = _decide(spec, session, request_tx, want_async=True)
     if kind is Kind.JOIN:
         if request is not None:

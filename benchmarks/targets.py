@@ -1,0 +1,121 @@
+"""The issue's targets, checked against one run's results (printed after the table, stored in the JSON)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.harness import CaseResult, Result
+
+UNIT_TOLERANCE = 1.02  # a decorated unit within 2% of the hand-written one
+DISPATCH_BUDGET_US = 2.0  # uow's own cost per joined call
+DEPTH_FLATNESS = 1.5  # per-call cost 20 deep at most this times the cost 1 deep
+PER_SERVICE_BUDGET_US = 1.0  # uow's own cost for each extra injected service
+
+
+def evaluate(case_results: list[CaseResult]) -> list[dict[str, Any]]:
+    """One entry per check: what was compared, the figure, and whether the target is met."""
+    checks: list[dict[str, Any]] = []
+    for cr in case_results:
+        if cr.skipped or not cr.results:
+            continue
+        key = cr.case.key
+        if key.startswith("unit-"):
+            checks.extend(_unit_checks(key, cr.results))
+        if key.startswith("dispatch-"):
+            checks.extend(_dispatch_checks(key, cr.results))
+        if key == "scale-services":
+            checks.append(_services_check(cr.results))
+        if key == "scale-depth":
+            checks.append(_depth_check(cr.results))
+        checks.extend(_ahead_checks(key, cr.results))
+    return checks
+
+
+def _check(case: str, target: str, detail: str, met: bool) -> dict[str, Any]:
+    return {"case": case, "target": target, "detail": detail, "met": met}
+
+
+def _unit_checks(key: str, results: list[Result]) -> list[dict[str, Any]]:
+    control = next((r for r in results if r.kind == "control"), None)
+    noise = f"; A/A control {control.ratio:.3f}" if control is not None else ""
+    return [
+        _check(key, f"{r.name} within 2% of {r.baseline}", f"ratio {r.ratio:.3f}{noise}", r.ratio <= UNIT_TOLERANCE)
+        for r in results
+        if r.kind == "uow"
+    ]
+
+
+def _dispatch_checks(key: str, results: list[Result]) -> list[dict[str, Any]]:
+    return [
+        _check(
+            key,
+            f"{r.name}: under {DISPATCH_BUDGET_US:g} µs per call over {r.baseline}",
+            f"+{r.overhead * 1e6:.2f} µs",
+            r.overhead * 1e6 < DISPATCH_BUDGET_US,
+        )
+        for r in results
+        if r.kind == "uow"
+    ]
+
+
+def _ahead_checks(key: str, results: list[Result]) -> list[dict[str, Any]]:
+    """Each uow variant against each alternative measured against the same baseline (lower ratio wins)."""
+    checks = []
+    for ours in (r for r in results if r.kind == "uow"):
+        for theirs in (r for r in results if r.kind == "alternative" and r.baseline == ours.baseline):
+            checks.append(
+                _check(
+                    key,
+                    f"{ours.name} ahead of {theirs.name}",
+                    f"ratio {ours.ratio:.3f} vs {theirs.ratio:.3f}",
+                    ours.ratio < theirs.ratio,
+                )
+            )
+    return checks
+
+
+def _overheads(results: list[Result], prefix: str) -> dict[int, float]:
+    """uow's own cost per call in µs, by the number at the end of each uow variant's name."""
+    return {int(r.name.rsplit(" ", 1)[-1]): r.overhead * 1e6 for r in results if r.name.startswith(prefix)}
+
+
+def _services_check(results: list[Result]) -> dict[str, Any]:
+    by_count = _overheads(results, "@with_services, ")
+    slope = _least_squares_slope(by_count)
+    detail = ", ".join(f"{n}: +{v:.2f} µs" for n, v in sorted(by_count.items())) + f"; {slope:.2f} µs per extra service"
+    return _check(
+        "scale-services",
+        f"cost grows at most linearly, under {PER_SERVICE_BUDGET_US:g} µs per extra service",
+        detail,
+        slope < PER_SERVICE_BUDGET_US,
+    )
+
+
+def _least_squares_slope(points: dict[int, float]) -> float:
+    """The slope of the straight line that best fits `points` (less swayed by one noisy point than two ends)."""
+    n = len(points)
+    mean_x = sum(points) / n
+    mean_y = sum(points.values()) / n
+    spread = sum((x - mean_x) ** 2 for x in points)
+    return sum((x - mean_x) * (y - mean_y) for x, y in points.items()) / spread
+
+
+def _depth_check(results: list[Result]) -> dict[str, Any]:
+    by_depth = _overheads(results, "@with_services, depth ")
+    low, high = min(by_depth), max(by_depth)
+    detail = ", ".join(f"depth {d}: +{v:.2f} µs per call" for d, v in sorted(by_depth.items()))
+    return _check(
+        "scale-depth",
+        f"cost per call flat with depth (depth {high} at most {DEPTH_FLATNESS:g}x depth {low})",
+        detail,
+        by_depth[high] <= DEPTH_FLATNESS * max(by_depth[low], 0.05),
+    )
+
+
+def render(checks: list[dict[str, Any]]) -> str:
+    if not checks:
+        return "targets: nothing to check (no case ran)"
+    met = sum(c["met"] for c in checks)
+    lines = [f"targets: {met} of {len(checks)} met"]
+    lines.extend(f"  [{'met' if c['met'] else 'MISSED'}] {c['case']}: {c['target']} ({c['detail']})" for c in checks)
+    return "\n".join(lines)

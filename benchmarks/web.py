@@ -1,0 +1,201 @@
+"""Case 4: end to end, one request through a real framework (httpx ASGITransport, no network).
+
+Every variant serves ``POST /items?name=...``: insert a row, commit, return its id, on
+the same in-memory aiosqlite engine. Each variant is a separate application so one
+variant's middleware never slows another's requests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import httpx
+from dishka import FromDishka, Provider, Scope, make_async_container
+from dishka.integrations import fastapi as dishka_fastapi
+from fastapi import Depends, FastAPI
+from litestar import Litestar, post
+from litestar.di import Provide
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from benchmarks.common import AsyncItems, aiosqlite_engine, async_factory, clear_async
+from benchmarks.harness import Case, Setup, Variant
+from uow import Database, with_services
+
+Factory = async_sessionmaker[AsyncSession]
+
+
+def fastapi_by_hand(factory: Factory, db: Database) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/items")
+    async def create(name: str) -> dict[str, int]:
+        async with factory() as session:
+            item = AsyncItems(session).add(name)
+            await session.commit()
+        return {"id": item.id}
+
+    return app
+
+
+def fastapi_with_services(factory: Factory, db: Database) -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/items")
+    @with_services(AsyncItems, database=db)
+    async def create(name: str, items: AsyncItems) -> dict[str, int]:
+        item = items.add(name)
+        await items.session.flush()
+        return {"id": item.id}
+
+    return app
+
+
+def fastapi_depends(factory: Factory, db: Database) -> FastAPI:
+    app = FastAPI()
+
+    async def provide_items() -> AsyncIterator[AsyncItems]:
+        async with factory() as session:
+            yield AsyncItems(session)
+
+    @app.post("/items")
+    async def create(name: str, items: AsyncItems = Depends(provide_items)) -> dict[str, int]:  # noqa: B008
+        item = items.add(name)
+        await items.session.commit()
+        return {"id": item.id}
+
+    return app
+
+
+def fastapi_dishka(factory: Factory, db: Database) -> FastAPI:
+    app = FastAPI()
+
+    provider = Provider(scope=Scope.REQUEST)
+
+    async def session() -> AsyncIterator[AsyncSession]:
+        async with factory() as session:
+            yield session
+
+    provider.provide(session, provides=AsyncSession)
+    provider.provide(AsyncItems)
+
+    @app.post("/items")
+    @dishka_fastapi.inject
+    async def create(name: str, items: FromDishka[AsyncItems]) -> dict[str, int]:
+        item = items.add(name)
+        await items.session.commit()
+        return {"id": item.id}
+
+    dishka_fastapi.setup_dishka(make_async_container(provider, dishka_fastapi.FastapiProvider()), app)
+    return app
+
+
+def litestar_by_hand(factory: Factory, db: Database) -> Litestar:
+    @post("/items", status_code=200)
+    async def create(name: str) -> dict[str, int]:
+        async with factory() as session:
+            item = AsyncItems(session).add(name)
+            await session.commit()
+        return {"id": item.id}
+
+    return Litestar([create], logging_config=None)
+
+
+def litestar_with_services(factory: Factory, db: Database) -> Litestar:
+    @post("/items", status_code=200)
+    @with_services(AsyncItems, database=db)
+    async def create(name: str, items: AsyncItems) -> dict[str, int]:
+        item = items.add(name)
+        await items.session.flush()
+        return {"id": item.id}
+
+    return Litestar([create], logging_config=None)
+
+
+def litestar_provide(factory: Factory, db: Database) -> Litestar:
+    async def provide_items() -> AsyncIterator[AsyncItems]:
+        async with factory() as session:
+            yield AsyncItems(session)
+
+    @post("/items", status_code=200, dependencies={"items": Provide(provide_items)})
+    async def create(name: str, items: AsyncItems) -> dict[str, int]:
+        item = items.add(name)
+        await items.session.commit()
+        return {"id": item.id}
+
+    return Litestar([create], logging_config=None)
+
+
+AppFactory = Callable[[Factory, Database], Any]
+
+
+def _poster(client: httpx.AsyncClient) -> Callable[[], Awaitable[None]]:
+    async def post_one() -> None:
+        response = await client.post("/items", params={"name": "x"})
+        if response.status_code != 200 or "id" not in response.json():
+            raise RuntimeError(f"unexpected response {response.status_code}: {response.text[:200]}")
+
+    return post_one
+
+
+def _web_setup(apps: list[tuple[str, AppFactory, str, str | None]]) -> Callable[[], Any]:
+    @asynccontextmanager
+    async def setup() -> AsyncIterator[Setup]:
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
+        async with aiosqlite_engine() as engine, AsyncExitStack() as stack:
+            factory = async_factory(engine)
+            db = Database(session_factory=factory)
+            variants: list[Variant] = []
+            for name, make_app, kind, baseline in apps:
+                transport = httpx.ASGITransport(app=make_app(factory, db))
+                client = await stack.enter_async_context(
+                    httpx.AsyncClient(transport=transport, base_url="http://bench")
+                )
+                variants.append(Variant(name, _poster(client), baseline=baseline, kind=kind))
+            yield Setup(variants, reset=lambda: clear_async(engine))
+
+    return setup
+
+
+_MEASURES = (
+    "one POST request that inserts a row and commits, through the framework's own request handling "
+    "(httpx ASGITransport, no network), per request"
+)
+
+CASES = [
+    Case(
+        "web-fastapi",
+        "end to end, FastAPI",
+        _MEASURES,
+        _web_setup(
+            [
+                ("hand-written", fastapi_by_hand, "baseline", None),
+                ("@with_services", fastapi_with_services, "uow", None),
+                ("Depends()", fastapi_depends, "alternative", None),
+                ("dishka", fastapi_dishka, "alternative", None),
+            ]
+        ),
+        True,
+        10,
+        "request",
+        ("fastapi", "httpx", "dishka"),
+    ),
+    Case(
+        "web-litestar",
+        "end to end, Litestar",
+        _MEASURES,
+        _web_setup(
+            [
+                ("hand-written", litestar_by_hand, "baseline", None),
+                ("@with_services", litestar_with_services, "uow", None),
+                ("Provide()", litestar_provide, "alternative", None),
+            ]
+        ),
+        True,
+        10,
+        "request",
+        ("litestar", "httpx"),
+    ),
+]
