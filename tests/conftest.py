@@ -96,20 +96,8 @@ def _assert_clean(database: uow.Database, backend: Backend) -> None:
         assert not leaked, f"server sessions left idle in a transaction: {leaked}"
 
 
-# Server databases whose tables exist already: DDL is slow on MariaDB, so each run creates
-# the tables once and a test's teardown only empties them. SQLite files are new for every test.
-_tables_ready: set[str] = set()
-
-
-def _needs_tables(url: URL) -> bool:
-    key = url.set(drivername=url.get_backend_name()).render_as_string(hide_password=False)
-    if key in _tables_ready:
-        return False
-    if url.get_backend_name() != "sqlite":
-        _tables_ready.add(key)
-    return True
-
-
+# DDL is slow on MariaDB, so tables on a server are created when missing (other suites' fixtures
+# may drop them) and a test's teardown only empties them. SQLite files are new for every test.
 def _empty_tables(connection: Connection) -> None:
     for table in reversed(Base.metadata.sorted_tables):
         connection.execute(table.delete())
@@ -118,9 +106,7 @@ def _empty_tables(connection: Connection) -> None:
 def make_sync_db(backend: Backend, **options: object) -> uow.Database:
     database = uow.Database(backend.sync_url, **options)  # type: ignore[arg-type]
     assert isinstance(database.engine, Engine)
-    if _needs_tables(backend.sync_url):
-        Base.metadata.drop_all(database.engine)
-        Base.metadata.create_all(database.engine)
+    Base.metadata.create_all(database.engine, checkfirst=True)
     return database
 
 
@@ -137,10 +123,8 @@ def finish_sync_db(database: uow.Database, backend: Backend) -> None:
 async def make_async_db(backend: Backend, **options: object) -> uow.Database:
     database = uow.Database(backend.async_url, **options)  # type: ignore[arg-type]
     assert isinstance(database.engine, AsyncEngine)
-    if _needs_tables(backend.async_url):
-        async with database.engine.begin() as connection:
-            await connection.run_sync(Base.metadata.drop_all)
-            await connection.run_sync(Base.metadata.create_all)
+    async with database.engine.begin() as connection:
+        await connection.run_sync(Base.metadata.create_all)
     return database
 
 
