@@ -212,7 +212,7 @@ def test_session_options_pass_through(tmp_path: Path) -> None:
     try:
         with unit_of_work(database=database) as session:
             assert session.autoflush is False
-            assert session.info == {"k": "v"}
+            assert session.info["k"] == "v"
             assert session.expire_on_commit is False  # the default stays unless overridden
     finally:
         database.dispose()

@@ -338,7 +338,8 @@ def test_signature_and_annotations_hide_injected_parameters() -> None:
 def test_string_annotations_resolve_for_frameworks() -> None:
     hints = typing.get_type_hints(stringified.tag_item)
     assert hints == {"name": str, "label": str, "return": Item}
-    assert str(inspect.signature(stringified.tag_item)) == "(name: 'str', label: 'str' = 'red') -> 'Item'"
+    # Frameworks that read the signature without evaluating it (typer) get evaluated annotations.
+    assert str(inspect.signature(stringified.tag_item)) == "(name: str, label: str = 'red') -> tests.models.Item"
     assert list(inspect.signature(stringified.count).parameters) == []
     assert list(inspect.signature(stringified.names_by_name).parameters) == ["prefix"]
     assert stringified.tag_item.__doc__ == "Add an item and tag it."

@@ -641,6 +641,8 @@ def join_innermost(spec: UnitSpec, want_async: bool) -> ActiveUnit | None:
     if database is None or frame.database is not database or database.is_async != want_async:
         return None
     tx = frame.transaction
+    if tx.finished:
+        return None  # a request unit that has committed already: `find_frame` skips it, so must we
     if tx.read_only or spec.isolation_level is not None:
         _check_join(spec, tx)  # what `_decide` would check here; it can only refuse in these two cases
     unit = frame.joined
