@@ -914,16 +914,35 @@ def _refuse_writes(session: Session, transaction: SessionTransaction, connection
 
 def _end_read_only_sync(session: Session, read_only: bool) -> None:
     # A caller's connection (uow.testing binds units to one) does not go back to the pool when the unit
-    # ends, so the pool cannot undo SQLite's query_only on it: undo it here.
+    # ends, so the pool cannot undo SQLite's query_only on it: undo it here. On a pooled connection the
+    # pool's reset hook undoes it too; doing it here as well does not depend on how the pool gets it back.
+    if not read_only:
+        return
     bind = session.bind
-    if read_only and isinstance(bind, Connection) and bind.dialect.name == "sqlite":
-        bind.exec_driver_sql("PRAGMA query_only = OFF")
+    if isinstance(bind, Connection):
+        if bind.dialect.name == "sqlite":
+            bind.exec_driver_sql("PRAGMA query_only = OFF")
+        return
+    if session.in_transaction() and session.get_bind().dialect.name == "sqlite":
+        try:
+            session.connection().exec_driver_sql("PRAGMA query_only = OFF")
+        except Exception:
+            logger.debug("uow: could not switch query_only off; the pool's reset hook will", exc_info=True)
 
 
 async def _end_read_only_async(session: AsyncSession, read_only: bool) -> None:
+    if not read_only:
+        return
     bind = session.bind
-    if read_only and isinstance(bind, AsyncConnection) and bind.dialect.name == "sqlite":
-        await bind.exec_driver_sql("PRAGMA query_only = OFF")
+    if isinstance(bind, AsyncConnection):
+        if bind.dialect.name == "sqlite":
+            await bind.exec_driver_sql("PRAGMA query_only = OFF")
+        return
+    if session.in_transaction() and session.get_bind().dialect.name == "sqlite":
+        try:
+            await (await session.connection()).exec_driver_sql("PRAGMA query_only = OFF")
+        except Exception:
+            logger.debug("uow: could not switch query_only off; the pool's reset hook will", exc_info=True)
 
 
 def _read_only_statement(dialect_name: str) -> str | None:
