@@ -1,6 +1,6 @@
 """Testing support: every test runs in a transaction that is rolled back, with overrides and captured hooks.
 
-Installing uow registers this module as a pytest plugin (entry point ``pytest11``, name ``uow``).
+Installing uow registers this module as a pytest plugin (entry point ``pytest11``, name ``uow.testing``).
 It adds fixtures and changes nothing for tests that do not ask for them:
 
 - ``uow_database``: the Database to bind (override it, set the ini option ``uow_database``, or

@@ -10,12 +10,15 @@ unit of a request (an ASGI connection or scope, a WSGI request or environ).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any, TypeVar
 
 from uow._database import Database
+from uow._decorators import ServiceSpec, provide_services
 from uow._inject import register_connection_resolver
+from uow._providers import snake_case
 from uow._unit import Frame, Transaction, innermost_frame, pop_frame, push_frame
 from uow.errors import ConfigurationError
 
@@ -91,6 +94,26 @@ def require_request_unit(connection: Any, *, install: str) -> RequestUnit:
     if unit is None:
         raise ConfigurationError(f"this request has no unit of work: {install}")
     return unit
+
+
+T = TypeVar("T")
+
+
+@contextlib.asynccontextmanager
+async def request_service(factory: ServiceSpec[T], request: Any, *, install: str) -> AsyncGenerator[T, None]:
+    """`factory`'s service built on `request`'s unit: what a framework's dependency yields."""
+    # Joining a sync request unit only builds the service on a not-yet-connected Session: no blocking I/O here.
+    if require_request_unit(request, install=install).is_async:
+        async with provide_services(factory, connection=request) as (built,):
+            yield built
+    else:
+        with provide_services(factory, connection=request) as (built,):
+            yield built
+
+
+def dependency_name(factory: object) -> str:
+    """The name a framework shows for the dependency providing `factory`'s service."""
+    return f"provide_{snake_case(getattr(factory, '__name__', 'service'))}"
 
 
 def _holder(connection: Any) -> Mapping[str, Any] | None:

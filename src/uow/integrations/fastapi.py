@@ -17,10 +17,9 @@ from typing import Any, TypeVar
 
 from fastapi import Depends, Request
 
-from uow._decorators import ServiceSpec, provide_services
-from uow._providers import snake_case
+from uow._decorators import ServiceSpec
 from uow.integrations._asgi import UnitOfWorkMiddleware
-from uow.integrations._request import require_request_unit
+from uow.integrations._request import dependency_name, request_service
 
 __all__ = ["Service", "UnitOfWorkMiddleware", "service"]
 
@@ -33,15 +32,10 @@ def service(factory: ServiceSpec[T], /) -> Callable[[Request], AsyncIterator[T]]
     """A dependency yielding `factory`'s service, built on the request's unit: ``Depends(service(UserService))``."""
 
     async def dependency(request: Request) -> AsyncIterator[T]:
-        # Joining a sync request unit only builds the service on a not-yet-connected Session: no blocking I/O here.
-        if require_request_unit(request, install=_INSTALL).is_async:
-            async with provide_services(factory, connection=request) as (built,):
-                yield built
-        else:
-            with provide_services(factory, connection=request) as (built,):
-                yield built
+        async with request_service(factory, request, install=_INSTALL) as built:
+            yield built
 
-    dependency.__name__ = dependency.__qualname__ = f"provide_{snake_case(getattr(factory, '__name__', 'service'))}"
+    dependency.__name__ = dependency.__qualname__ = dependency_name(factory)
     return dependency
 
 
