@@ -80,10 +80,13 @@ def sqlite_backend(tmp_path: Path) -> Backend:
 @pytest.fixture(autouse=True)
 def _no_default_database() -> Iterator[None]:
     """Each test starts without a configured default, and leaves none behind."""
-    previous = _default.database
-    _default.database = None
+    previous = uow.get_default_database()
+    _default.database = None  # configure() accepts only a Database: clearing it is the fixture's private business
     yield
-    _default.database = previous
+    if previous is None:
+        _default.database = None
+    else:
+        uow.configure(previous)
 
 
 def _assert_clean(database: uow.Database, backend: Backend) -> None:

@@ -124,13 +124,13 @@ async def test_retry_on_an_async_with_block_is_refused(async_sqlite_db: uow.Data
 def test_each_attempt_gets_a_fresh_session_and_services_and_failed_hooks_never_run(
     sqlite_db: uow.Database, caplog: pytest.LogCaptureFixture
 ) -> None:
-    seen: list[tuple[int, int]] = []
+    seen: list[tuple[Any, Any]] = []  # the objects themselves: ids of freed ones can be reused
     hooks: list[int] = []
 
     @uow.with_services(ItemService, database=sqlite_db, retry=Retry(attempts=3, backoff=0, retry_on=flaky))
     def add(items: ItemService) -> int:
         attempt = len(seen) + 1
-        seen.append((id(items.session), id(items)))
+        seen.append((items.session, items))
         items.add(f"attempt {attempt}")
         uow.on_commit(lambda: hooks.append(attempt), database=sqlite_db)
         if attempt < 3:
@@ -140,8 +140,8 @@ def test_each_attempt_gets_a_fresh_session_and_services_and_failed_hooks_never_r
     with caplog.at_level(logging.WARNING, logger="uow"):
         assert add() == 3
     assert hooks == [3]
-    assert len({session for session, _ in seen}) == 3
-    assert len({service for _, service in seen}) == 3
+    assert len({id(session) for session, _ in seen}) == 3
+    assert len({id(service) for _, service in seen}) == 3
     with uow.provide_services(ItemService, database=sqlite_db) as (items,):
         assert items.names() == ["attempt 3"]
     assert retries_logged(caplog) == 2
@@ -154,7 +154,7 @@ def test_each_attempt_gets_a_fresh_session_and_services_and_failed_hooks_never_r
 async def test_async_each_attempt_gets_a_fresh_session_and_failed_hooks_never_run(
     async_sqlite_db: uow.Database, caplog: pytest.LogCaptureFixture
 ) -> None:
-    sessions: list[int] = []
+    sessions: list[Any] = []  # the sessions themselves: ids of freed ones can be reused
     hooks: list[int] = []
 
     async def async_hook(attempt: int) -> None:
@@ -163,7 +163,7 @@ async def test_async_each_attempt_gets_a_fresh_session_and_failed_hooks_never_ru
     @uow.with_services(AsyncItemService, database=async_sqlite_db, retry=Retry(attempts=3, backoff=0, retry_on=flaky))
     async def add(items: AsyncItemService) -> int:
         attempt = len(sessions) + 1
-        sessions.append(id(items.session))
+        sessions.append(items.session)
         await items.add(f"attempt {attempt}")
         uow.on_commit(lambda: async_hook(attempt), database=async_sqlite_db)
         if attempt < 3:
@@ -173,7 +173,7 @@ async def test_async_each_attempt_gets_a_fresh_session_and_failed_hooks_never_ru
     with caplog.at_level(logging.WARNING, logger="uow"):
         assert await add() == 3
     assert hooks == [3]
-    assert len(set(sessions)) == 3
+    assert len({id(session) for session in sessions}) == 3
     async with uow.provide_services(AsyncItemService, database=async_sqlite_db) as (items,):
         assert await items.names() == ["attempt 3"]
     assert retries_logged(caplog) == 2

@@ -6,7 +6,7 @@ services the function asks for, and commits or rolls back when it returns or rai
 
 from __future__ import annotations
 
-from uow._database import Database, configure
+from uow._database import Database, configure, get_default_database
 from uow._decorators import provide_services, unit_of_work, with_services
 from uow._providers import override
 from uow._retry import Retry, is_transient
@@ -33,6 +33,7 @@ __all__ = [
     "configure",
     "current_session",
     "current_session_async",
+    "get_default_database",
     "is_transient",
     "on_commit",
     "override",

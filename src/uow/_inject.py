@@ -16,11 +16,15 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session
+from sqlalchemy.orm import Session, scoped_session
+
 from uow._database import Database, get_default_database
 from uow._providers import (
     SESSION_PARAM_NAMES,
     DirectBuilder,
     ServicePlan,
+    SessionNeed,
     build_async,
     build_sync,
     close_async,
@@ -28,12 +32,15 @@ from uow._providers import (
     current_overrides,
     describe,
     direct_builder,
+    import_path,
     is_session_annotation,
     plan_service,
+    session_classes,
     single_positional,
+    underlying_function,
     unwrap_annotated,
 )
-from uow._retry import Retry, parse_retry
+from uow._retry import Retry, describe_error, parse_retry
 from uow._unit import (
     ActiveUnit,
     Propagation,
@@ -88,11 +95,13 @@ class FunctionPlan:
 
     __slots__ = (
         "caller_names",
+        "checked_database",
         "direct",
         "fn",
         "is_async",
         "positional_targets",
         "retry",
+        "session_classes",
         "session_params",
         "single",
         "spec",
@@ -115,6 +124,7 @@ class FunctionPlan:
         visible_annotations: dict[str, Any],
         spec: UnitSpec,
         retry: Retry | None,
+        session_classes: tuple[SessionNeed, ...] = (),
     ) -> None:
         self.fn = fn
         self.what = spec.what
@@ -129,16 +139,68 @@ class FunctionPlan:
         self.retry = retry
         # Keywords a caller may pass that need the general path (they change the unit or the injected values).
         self.caller_names = frozenset((*RESERVED_KEYWORDS, *self.target_names, *session_params))
+        # Session subclasses the function or its services were annotated with, still to be checked against
+        # the Database when it is only known at call time (see `_check_late_session_classes`).
+        self.session_classes = session_classes
+        self.checked_database: Database | None = None
         # The direct path of `call_sync`/`call_async` is the general path minus the steps that would do
         # nothing: it is taken when there is no retry policy, every service is a class built from the
         # session alone, no `override` block is active and the caller passed none of `caller_names`.
-        self.direct: DirectBuilder | None = direct_builder(targets, session_params) if retry is None else None
+        self.direct: DirectBuilder | None = (
+            direct_builder(targets, session_params) if retry is None and not session_classes else None
+        )
         # The commonest direct case, built inline by the wrappers: one service class taking the session first.
         self.single = single_positional(targets, session_params) if self.direct is not None else None
 
 
 def _function_label(fn: Callable[..., Any]) -> str:
+    if isinstance(fn, functools.partial):
+        return f"functools.partial({_function_label(fn.func)[:-2]})()"
+    if not inspect.isroutine(fn) and not isinstance(fn, type) and callable(fn):
+        return f"{describe(type(fn))}.__call__()"
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}()"
+
+
+ISOLATION_LEVELS = ("READ COMMITTED", "READ UNCOMMITTED", "REPEATABLE READ", "SERIALIZABLE", "SNAPSHOT")
+
+
+def check_unit_options(*, read_only: object, isolation_level: object, what: str) -> None:
+    """Refuse, when declared, `read_only=` / `isolation_level=` values a unit cannot honour."""
+    if not isinstance(read_only, bool):
+        raise ConfigurationError(f"{what}: read_only= needs True or False, got {read_only!r}")
+    if isolation_level is None:
+        return
+    level = isolation_level.replace("_", " ").upper() if isinstance(isolation_level, str) else None
+    if level == "AUTOCOMMIT":
+        raise ConfigurationError(
+            f"{what}: isolation_level='AUTOCOMMIT' would commit every statement on its own, so the unit "
+            "could not roll back; leave isolation_level unset, or run the statement outside a unit of work"
+        )
+    if level not in ISOLATION_LEVELS:
+        raise ConfigurationError(
+            f"{what}: unknown isolation_level {isolation_level!r}: use one of "
+            + ", ".join(map(repr, ISOLATION_LEVELS[:4]))
+            + " ('SNAPSHOT' on SQL Server), or leave it unset for the database's default"
+        )
+
+
+def _refuse_descriptor(fn: Any, decorator: str) -> None:
+    getter = getattr(fn, "fget", None) or getattr(fn, "func", None)
+    name = f"{getattr(getter, '__module__', '?')}.{getattr(getter, '__qualname__', '?')}"
+    raise InjectionError(
+        f"@{decorator} cannot decorate the {type(fn).__name__} {name}: a {type(fn).__name__} is read as an "
+        f"attribute, not called; put @{decorator} below @{type(fn).__name__} so that it decorates the getter, "
+        "or make it a method"
+    )
+
+
+def _is_async_callable(fn: Any) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(underlying_function(fn))
+
+
+def _is_generator_callable(fn: Any) -> bool:
+    target = underlying_function(fn)
+    return any(check(f) for f in (fn, target) for check in (inspect.isasyncgenfunction, inspect.isgeneratorfunction))
 
 
 def plan_function(
@@ -153,20 +215,23 @@ def plan_function(
     decorator: str,
 ) -> FunctionPlan:
     """Decide, once, how to call `fn` with `services` injected."""
+    if isinstance(fn, (property, functools.cached_property)):
+        _refuse_descriptor(fn, decorator)
     if not callable(fn):
         raise TypeError(f"@{decorator} must decorate a function, got {fn!r}")
     what = _function_label(fn)
-    if getattr(fn, "__name__", "") == "<lambda>":
+    if services and getattr(fn, "__name__", "") == "<lambda>":
         raise InjectionError(
             f"@{decorator} cannot decorate a lambda ({what}): a lambda has no annotations to match services "
             "against; write a 'def' function"
         )
-    is_async = inspect.iscoroutinefunction(fn)
-    if not is_async and (inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn)):
+    is_async = _is_async_callable(fn)
+    if not is_async and _is_generator_callable(fn):
         raise InjectionError(
             f"@{decorator} cannot decorate the generator function {what}: a unit must end when the call returns; "
             "return a list instead, or open 'with provide_services(...)' inside the generator"
         )
+    check_unit_options(read_only=read_only, isolation_level=isolation_level, what=what)
     spec = UnitSpec(
         database=database,
         propagation=propagation,
@@ -186,6 +251,7 @@ def plan_function(
             )
         )
     _check_duplicates(services, what)
+    _check_stacked(fn, services, what, decorator)
     plans = [plan_service(service, for_async=is_async, owner=what) for service in services]
     signature = inspect.signature(fn)
     parameters = signature.parameters
@@ -211,6 +277,15 @@ def plan_function(
                 f"{what}: parameter {reserved!r} clashes with the {reserved}= keyword that uow reserves for callers; "
                 + _rename_hint(reserved)
             )
+    needs: list[SessionNeed] = [
+        (f"parameter {name!r}", session_classes(hints.get(name, parameters[name].annotation)))
+        for name in session_params
+    ]
+    for _, service_plan in targets:
+        needs.extend(service_plan.sessions)
+    required = _session_requirements(needs, what=what, is_async=is_async)
+    if required and spec.database is not None:
+        _check_session_classes(required, spec.database, what=what)
     positional = [
         name
         for name, parameter in parameters.items()
@@ -218,7 +293,11 @@ def plan_function(
     ]
     positional_targets = tuple((positional.index(name), name) for name in positional if name in hidden)
     visible = _visible_signature(signature, hidden, hints)
-    annotations = {k: v for k, v in getattr(fn, "__annotations__", {}).items() if k not in hidden}
+    annotations = {
+        k: v
+        for k, v in (getattr(underlying_function(fn), "__annotations__", None) or {}).items()
+        if k not in hidden and (k == "return" or k in parameters)
+    }
     return FunctionPlan(
         fn,
         is_async=is_async,
@@ -229,7 +308,63 @@ def plan_function(
         visible_annotations=annotations,
         spec=spec,
         retry=retry_policy,
+        session_classes=required if spec.database is None else (),
     )
+
+
+_BASE_SESSION_TYPES: tuple[type, ...] = (Session, AsyncSession, scoped_session, async_scoped_session)
+
+
+def _session_requirements(needs: list[SessionNeed], *, what: str, is_async: bool) -> tuple[SessionNeed, ...]:
+    """Refuse a session annotation of the other kind (AsyncSession in a sync function, or the reverse);
+    return those naming a Session subclass, which the Database's sessions must be instances of."""
+    required: list[SessionNeed] = []
+    for where, classes in needs:
+        if not classes:
+            continue
+        fitting = tuple(c for c in classes if issubclass(c, (AsyncSession, async_scoped_session)) == is_async)
+        if not fitting:
+            names = " | ".join(c.__name__ for c in classes)
+            raise InjectionError(
+                f"{what} is {'async' if is_async else 'sync'}, so its unit's session is "
+                f"{'an AsyncSession' if is_async else 'a Session'}, but {where} is annotated {names}: "
+                + (
+                    "annotate it AsyncSession (sqlalchemy.ext.asyncio), or make the function a plain 'def'"
+                    if is_async
+                    else "annotate it Session (sqlalchemy.orm), or make the function 'async def'"
+                )
+            )
+        if not any(c in _BASE_SESSION_TYPES for c in fitting):
+            required.append((where, fitting))
+    return tuple(required)
+
+
+def _check_session_classes(required: tuple[SessionNeed, ...], database: Database, *, what: str) -> None:
+    for factory in (database.session_factory, *database.replica_factories):
+        made: type = factory.class_
+        for where, classes in required:
+            if not issubclass(made, classes):
+                wanted = import_path(classes[0])
+                raise ConfigurationError(
+                    f"{what}: {where} is annotated {wanted}, but {database!r} makes {_made_label(made)} sessions: "
+                    f'create it with Database(..., session_options={{"class_": {wanted}}}) '
+                    f"(or pass class_={wanted} to your sessionmaker)"
+                )
+
+
+def _made_label(made: type) -> str:
+    # sessionmaker subclasses the class it is given, under the same name: name the user's class.
+    base = made.__bases__[0] if made.__bases__ else made
+    return describe(base if base.__name__ == made.__name__ else made)
+
+
+def _check_late_session_classes(plan: FunctionPlan) -> None:
+    """At call time, for a plan decorated before its Database was known: check the configured one, once."""
+    database = get_default_database()
+    if database is None or database is plan.checked_database:
+        return
+    _check_session_classes(plan.session_classes, database, what=plan.what)
+    plan.checked_database = database
 
 
 def _visible_signature(signature: inspect.Signature, hidden: set[str], hints: dict[str, Any]) -> inspect.Signature:
@@ -270,12 +405,28 @@ def _check_duplicates(services: Sequence[Any], what: str) -> None:
             raise InjectionError(f"{what}: service {describe(service)} is listed twice; list each service once")
 
 
+def _check_stacked(fn: Any, services: Sequence[Any], what: str, decorator: str) -> None:
+    """`@with_services(A)` over a function already decorated with `@with_services(A)`."""
+    inner: FunctionPlan | None = getattr(fn, "__uow_plan__", None)
+    if inner is None:
+        return
+    for service in services:
+        for _, plan in inner.targets:
+            if plan.provider is service or (isinstance(service, type) and plan.service_type is service):
+                raise InjectionError(
+                    f"{what}: service {plan.label} is already injected by the @with_services below this "
+                    f"@{decorator}: the same service is stacked twice; list it in one decorator"
+                )
+
+
 def _resolved_hints(fn: Callable[..., Any]) -> dict[str, Any]:
     """Type hints of `fn`, evaluating what can be evaluated now and keeping the rest as strings."""
+    target = underlying_function(fn)
     with contextlib.suppress(Exception):
-        return typing.get_type_hints(fn, include_extras=True)
-    namespace = dict(getattr(inspect.unwrap(fn), "__globals__", {}))
-    return {name: _evaluate_one(annotation, namespace) for name, annotation in fn.__annotations__.items()}
+        return typing.get_type_hints(target, include_extras=True)
+    namespace = dict(getattr(inspect.unwrap(target), "__globals__", {}))
+    annotations = getattr(target, "__annotations__", None) or {}
+    return {name: _evaluate_one(annotation, namespace) for name, annotation in annotations.items()}
 
 
 def _evaluate_one(annotation: Any, namespace: dict[str, Any]) -> Any:
@@ -295,11 +446,20 @@ def _annotation_matches(annotation: Any, plan: ServicePlan) -> bool:
         return False
     if annotation is service_type:
         return True
+    if isinstance(service_type, str) and isinstance(annotation, type):
+        # A provider's return type imported under TYPE_CHECKING stays text; the parameter's is the class.
+        text = service_type.strip("'\"")
+        return text.split(".")[-1] == annotation.__name__ and text in (annotation.__name__, annotation.__qualname__)
     if isinstance(annotation, str):
         name = service_type if isinstance(service_type, str) else getattr(service_type, "__name__", None)
         text = annotation.strip("'\"")
         return name is not None and (text == name or text.endswith("." + name) or text.startswith("Annotated[" + name))
     return False
+
+
+def _type_label(plan: ServicePlan) -> str:
+    service_type = plan.service_type
+    return describe(service_type) if isinstance(service_type, type) else plan.label
 
 
 def _match(
@@ -316,9 +476,13 @@ def _match(
         by_type = [n for n, p in injectable.items() if _annotation_matches(hints.get(n, p.annotation), plan)]
         if len(by_type) > 1:
             raise InjectionError(
-                f"{what}: parameters {', '.join(map(repr, by_type))} are all annotated {plan.label}; "
+                f"{what}: parameters {', '.join(map(repr, by_type))} are all annotated {_type_label(plan)}; "
                 "uow cannot tell which one to fill: keep one"
             )
+        if by_type and isinstance(plan.service_type, str):
+            annotation = unwrap_annotated(hints.get(by_type[0], injectable[by_type[0]].annotation))
+            if isinstance(annotation, type):
+                plan.resolve_type(annotation)
         chosen = by_type[0] if by_type else _match_by_name(plan, injectable, hints)
         if chosen is None:
             raise InjectionError(
@@ -351,6 +515,10 @@ def _match_by_name(
             continue
         annotation = hints.get(name, parameter.annotation)
         if annotation is inspect.Parameter.empty or annotation is Any:
+            return name
+        if plan.service_type is None and not is_session_annotation(annotation):
+            # A provider that does not say what it returns (provide_widgets -> widgets): its name is all
+            # uow has, and the parameter's annotation is the user's word for that type.
             return name
     return None
 
@@ -418,13 +586,13 @@ def _can_retry(plan: FunctionPlan, session: Any, request_tx: Transaction | None)
 
 def _log_retry(plan: FunctionPlan, attempt: int, exc: BaseException, delay: float) -> None:
     assert plan.retry is not None
+    # Never the exception's text: SQLAlchemy's carries the statement and its bound parameters.
     logger.warning(
-        "uow: %s failed on attempt %d of %d with %s: %s; running it again in %.3fs",
+        "uow: %s failed on attempt %d of %d with %s; running it again in %.3fs",
         plan.what,
         attempt,
         plan.retry.attempts,
-        type(exc).__name__,
-        exc,
+        describe_error(exc),
         delay,
     )
 
@@ -584,7 +752,12 @@ def wrap(plan: FunctionPlan) -> Callable[..., Any]:
     """A new function with `plan.fn`'s metadata and its visible signature; the original is left untouched."""
     fn = plan.fn
     wrapper = _async_wrapper(plan) if plan.is_async else _sync_wrapper(plan)
-    functools.update_wrapper(wrapper, fn)
+    if inspect.isroutine(fn):
+        functools.update_wrapper(wrapper, fn)
+    else:
+        # A partial or a callable instance: named after the function it runs, without copying its __dict__.
+        functools.update_wrapper(wrapper, underlying_function(fn), updated=())
+        wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
     wrapper.__annotations__ = dict(plan.visible_annotations)
     vars(wrapper).update(__signature__=plan.visible_signature, __uow_plan__=plan)
     return wrapper
@@ -604,6 +777,14 @@ def _sync_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
         plan.positional_targets,
     )
     single_name, single_cls = plan.single if plan.single is not None else ("", None)
+    if direct is None and plan.session_classes:
+
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("session") is None:
+                _check_late_session_classes(plan)
+            return call_sync(plan, args, kwargs)
+
+        return checked
     if direct is None:
 
         def general(*args: Any, **kwargs: Any) -> Any:
@@ -647,6 +828,14 @@ def _async_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
         plan.positional_targets,
     )
     single_name, single_cls = plan.single if plan.single is not None else ("", None)
+    if direct is None and plan.session_classes:
+
+        async def checked(*args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("session") is None:
+                _check_late_session_classes(plan)
+            return await call_async(plan, args, kwargs)
+
+        return checked
     if direct is None:
 
         async def general(*args: Any, **kwargs: Any) -> Any:

@@ -9,11 +9,14 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import contextvars
+import functools
 import inspect
 import re
+import sys
+import types
 import typing
 from collections.abc import AsyncGenerator, Generator, Iterator, Mapping
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session
 from sqlalchemy.orm import Session, scoped_session
@@ -58,7 +61,7 @@ _SESSION = object()  # marks a constructor argument that receives the unit's ses
 class ServicePlan:
     """How to build one service: its type, its name for matching, and how to call it."""
 
-    __slots__ = ("arguments", "kind", "names", "provider", "service_type", "takes_session")
+    __slots__ = ("arguments", "kind", "label", "names", "provider", "service_type", "sessions", "takes_session")
 
     def __init__(
         self,
@@ -68,6 +71,7 @@ class ServicePlan:
         kind: int,
         arguments: tuple[tuple[str, Any], ...] = (),
         takes_session: bool = True,
+        sessions: tuple[SessionNeed, ...] = (),
     ) -> None:
         self.provider = provider
         self.service_type = service_type
@@ -75,10 +79,15 @@ class ServicePlan:
         self.kind = kind
         self.arguments = arguments  # for classes: (keyword, _SESSION or ServicePlan)
         self.takes_session = takes_session  # for providers: whether to pass the session positionally
+        # Constructor parameters (here and in the services this one depends on) that receive the session,
+        # with the session classes their annotations name: checked against the function's kind and Database.
+        self.sessions = sessions
+        self.label = provider_label(provider, service_type)
 
-    @property
-    def label(self) -> str:
-        return describe(self.provider)
+    def resolve_type(self, service_type: type) -> None:
+        """The class a string return annotation named, once a parameter's annotation showed which it is."""
+        self.service_type = service_type
+        self.label = provider_label(self.provider, service_type)
 
     @property
     def is_async_only(self) -> bool:
@@ -87,10 +96,71 @@ class ServicePlan:
         )
 
 
+SessionNeed = tuple[str, tuple[type, ...]]
+"""(which parameter, the session classes its annotation names), e.g. ("UserService(session)", (Session,))."""
+
+
+def underlying_function(obj: Any) -> Any:
+    """The function whose code runs when `obj` is called: through partials and callable instances."""
+    while isinstance(obj, functools.partial):
+        obj = obj.func
+    if inspect.isfunction(obj) or inspect.ismethod(obj) or isinstance(obj, type):
+        return obj
+    call = getattr(type(obj), "__call__", None)  # noqa: B004 - an instance with __call__
+    return getattr(obj, "__call__", obj) if call is not None else obj  # noqa: B004
+
+
+def callable_name(obj: Any) -> str:
+    """The `__name__` a callable answers to (a partial's function's; '' for a callable instance)."""
+    while isinstance(obj, functools.partial):
+        obj = obj.func
+    name = getattr(obj, "__name__", None)
+    return name if isinstance(name, str) else ""
+
+
 def describe(obj: object) -> str:
+    """`module.QualName` of a class or function; partials and callable instances by what they wrap."""
+    if isinstance(obj, functools.partial):
+        keywords = "".join(f", {key}=..." for key in obj.keywords)
+        positional = ", ..." * len(obj.args)
+        return f"functools.partial({describe(obj.func)}{positional}{keywords})"
+    if not isinstance(obj, type) and not inspect.isroutine(obj) and callable(obj):
+        return f"{describe(type(obj))} instance"
     module = getattr(obj, "__module__", None)
     name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or repr(obj)
     return f"{module}.{name}" if module and module != "builtins" else str(name)
+
+
+def provider_label(provider: Any, service_type: Any) -> str:
+    """How messages name a provider: a factory's inner function (advanced-alchemy's
+    ``create_service_provider.<locals>.provide_service_async``) by the service it provides."""
+    qualname = getattr(provider, "__qualname__", "")
+    if (
+        isinstance(service_type, type)
+        and ".<locals>." in qualname
+        and getattr(provider, "__module__", None) != service_type.__module__
+        and _closes_over(provider, service_type)
+    ):
+        factory = qualname.split(".<locals>.")[-2].split(".")[-1]
+        return f"{factory}({describe(service_type)})"
+    return describe(provider)
+
+
+def _closes_over(function: Any, value: object) -> bool:
+    """Whether `function` was made by a factory that was given `value` (it holds it in a closure cell)."""
+    for cell in getattr(function, "__closure__", None) or ():
+        with contextlib.suppress(ValueError):
+            if cell.cell_contents is value:
+                return True
+    return False
+
+
+def import_path(cls: type) -> str:
+    """The shortest ``package.Name`` that imports `cls` (``sqlmodel.Session``), else its full path."""
+    top = cls.__module__.split(".")[0]
+    if getattr(sys.modules.get(top), cls.__qualname__, None) is cls:
+        return f"{top}.{cls.__qualname__}"
+    return describe(cls)
 
 
 def snake_case(name: str) -> str:
@@ -107,11 +177,32 @@ def is_session_annotation(annotation: Any) -> bool:
         return bare in {"Session", "AsyncSession"}
     if isinstance(annotation, type):
         return issubclass(annotation, _SESSION_TYPES)
-    if typing.get_origin(annotation) in (Union, getattr(__import__("types"), "UnionType", Union)):
+    if typing.get_origin(annotation) in (Union, types.UnionType):
         members = [a for a in typing.get_args(annotation) if a is not type(None)]
         return bool(members) and all(is_session_annotation(a) for a in members)
     origin = typing.get_origin(annotation)
     return isinstance(origin, type) and issubclass(origin, _SESSION_TYPES)
+
+
+def session_classes(annotation: Any) -> tuple[type, ...]:
+    """The session classes a session annotation names (``Session | None`` -> (Session,)); () when unknown."""
+    annotation = unwrap_annotated(annotation)
+    if isinstance(annotation, type):
+        return (annotation,) if issubclass(annotation, _SESSION_TYPES) else ()
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        found: list[type] = []
+        for member in typing.get_args(annotation):
+            if member is type(None):
+                continue
+            classes = session_classes(member)
+            if not classes:
+                return ()
+            found.extend(classes)
+        return tuple(found)
+    if isinstance(origin, type) and issubclass(origin, _SESSION_TYPES):
+        return (origin,)
+    return ()
 
 
 def unwrap_annotated(annotation: Any) -> Any:
@@ -124,6 +215,9 @@ def plan_service(provider: Any, *, for_async: bool, owner: str) -> ServicePlan:
     """Plan how to build `provider` (a class or a provider callable) at decoration time."""
     if isinstance(provider, type):
         return _plan_class(provider, for_async=for_async, owner=owner, stack=())
+    if isinstance(provider, functools.partial) and isinstance(underlying_function(provider), type):
+        # functools.partial(RoleService, statement=...): the class, configured for this use
+        return _plan_class(provider, for_async=for_async, owner=owner, stack=())
     if not callable(provider):
         raise InjectionError(
             f"{owner}: {provider!r} is not a service: pass a service class or a provider callable "
@@ -134,32 +228,36 @@ def plan_service(provider: Any, *, for_async: bool, owner: str) -> ServicePlan:
 
 def _plan_provider(provider: Any, *, for_async: bool, owner: str) -> ServicePlan:
     kind = _provider_kind(provider)
+    service_type = provider_type(provider)
+    label = provider_label(provider, service_type)
     if kind in (CORO, AGEN) and not for_async:
         raise InjectionError(
-            f"{owner} is sync but its provider {describe(provider)} is async: "
+            f"{owner} is sync but its provider {label} is async: "
             "make the function 'async def' or give it a sync provider"
         )
-    service_type = provider_type(provider)
     names: list[str] = []
     if isinstance(service_type, type):
         names.append(snake_case(service_type.__name__))
     elif isinstance(service_type, str):
         names.append(snake_case(service_type.split(".")[-1]))
-    name = getattr(provider, "__name__", "")
-    if name.startswith("provide_"):
+    name = callable_name(provider)
+    if name.startswith("provide_") and name not in _GENERIC_PROVIDER_NAMES:
         names.append(name[len("provide_") :])
     if not names:
         raise InjectionError(
-            f"{owner}: cannot tell which service {describe(provider)} provides: give it a return annotation "
+            f"{owner}: cannot tell which service {label} provides: give it a return annotation "
             "(-> UserService, -> AsyncIterator[UserService]) or name it provide_<parameter_name>"
         )
-    return ServicePlan(provider, service_type, tuple(dict.fromkeys(names)), kind, (), _accepts_positional(provider))
+    takes_session = _check_provider_parameters(provider, label=label, owner=owner)
+    return ServicePlan(provider, service_type, tuple(dict.fromkeys(names)), kind, (), takes_session)
+
+
+# advanced-alchemy's providers are all named like this: the name says nothing about the service.
+_GENERIC_PROVIDER_NAMES = frozenset({"provide_service", "provide_service_async", "provide_service_sync"})
 
 
 def _provider_kind(provider: Any) -> int:
-    target = provider
-    if not inspect.isfunction(target) and not inspect.ismethod(target):
-        target = getattr(provider, "__call__", provider)  # noqa: B004 - callables with __call__
+    target = underlying_function(provider)
     if inspect.isasyncgenfunction(target):
         return AGEN
     if inspect.isgeneratorfunction(target):
@@ -169,12 +267,26 @@ def _provider_kind(provider: Any) -> int:
     return CALL
 
 
-def _accepts_positional(provider: Any) -> bool:
+def _check_provider_parameters(provider: Any, *, label: str, owner: str) -> bool:
+    """Whether to pass the session (as the first positional argument); InjectionError for a parameter
+    uow would leave empty, so that it fails now and not with a bare TypeError at the first call."""
     try:
-        parameters = inspect.signature(provider).parameters.values()
+        parameters = list(inspect.signature(provider).parameters.values())
     except (TypeError, ValueError):
         return True
-    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in parameters)
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    session_parameter = positional[0] if positional else None
+    for parameter in parameters:
+        if parameter is session_parameter or parameter.default is not parameter.empty:
+            continue
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        raise InjectionError(
+            f"{owner}: provider {label} has a required parameter {parameter.name!r} that uow cannot fill "
+            "(it passes a provider the session as its only argument): give it a default, or bind it for this "
+            f"use with functools.partial({callable_name(provider) or 'provider'}, {parameter.name}=...)"
+        )
+    return session_parameter is not None
 
 
 def provider_type(provider: Any) -> Any:
@@ -184,10 +296,29 @@ def provider_type(provider: Any) -> Any:
     except (TypeError, ValueError):
         return None
     if annotation is inspect.Signature.empty:
-        return None
+        return _closure_service_class(provider)
     if isinstance(annotation, str):
         annotation = _evaluate(annotation, provider)
-    return _unwrap_return(annotation)
+    service_type = _unwrap_return(annotation)
+    if isinstance(service_type, TypeVar) or (isinstance(service_type, str) and service_type.endswith("ServiceT_co")):
+        return _closure_service_class(provider)
+    return service_type
+
+
+def _closure_service_class(provider: Any) -> Any:
+    """The class a provider factory closed over (advanced-alchemy's ``create_service_provider(UserService)``
+    keeps it in ``service_class``), for factories whose providers are annotated with a TypeVar."""
+    function = underlying_function(provider)
+    code, cells = getattr(function, "__code__", None), getattr(function, "__closure__", None)
+    if code is None or not cells:
+        return None
+    for name, cell in zip(code.co_freevars, cells, strict=False):
+        if name == "service_class":
+            with contextlib.suppress(ValueError):
+                value = cell.cell_contents
+                if isinstance(value, type):
+                    return value
+    return None
 
 
 def _unwrap_return(annotation: Any) -> Any:
@@ -205,32 +336,49 @@ def _unwrap_return(annotation: Any) -> Any:
 
 
 def _evaluate(annotation: str, owner: Any) -> Any:
-    namespace = getattr(inspect.unwrap(owner), "__globals__", {})
+    namespace = getattr(inspect.unwrap(underlying_function(owner)), "__globals__", {})
     try:
         return eval(annotation, dict(namespace))  # noqa: S307 - evaluating the user's own annotation
     except Exception:
         return annotation
 
 
-def _plan_class(cls: type, *, for_async: bool, owner: str, stack: tuple[type, ...]) -> ServicePlan:
+def _plan_class(
+    target: Any, *, for_async: bool, owner: str, stack: tuple[type, ...], needs_unit: bool = True
+) -> ServicePlan:
+    """`target` is the class, or a ``functools.partial`` of it binding some constructor arguments."""
+    cls: type = underlying_function(target)
     if cls in stack:
         chain = " -> ".join(c.__name__ for c in (*stack, cls))
         raise InjectionError(f"{owner}: services depend on each other in a cycle: {chain}")
-    parameters, hints = _constructor_parameters(cls)
+    parameters, hints = _constructor_parameters(target, cls)
     arguments: list[tuple[str, Any]] = []
+    sessions: list[SessionNeed] = []
     if parameters is None:
         arguments.append(("session", _SESSION))
     else:
         for parameter in parameters:
             source = _constructor_source(cls, parameter, hints, for_async=for_async, owner=owner, stack=(*stack, cls))
-            if source is not None:
-                arguments.append((parameter.name, source))
-    return ServicePlan(cls, cls, (snake_case(cls.__name__),), CLASS, tuple(arguments))
+            if source is None:
+                continue
+            arguments.append((parameter.name, source))
+            if source is _SESSION:
+                annotation = hints.get(parameter.name, parameter.annotation)
+                sessions.append((f"{describe(cls)}({parameter.name})", session_classes(annotation)))
+            else:
+                sessions.extend(source.sessions)
+    if needs_unit and not arguments:
+        raise InjectionError(
+            f"{owner}: {describe(cls)}() takes neither a session nor another service, so uow would build it "
+            "outside the unit: give its constructor a 'session: Session' (or 'AsyncSession') parameter, "
+            "or pass a provider function that builds it"
+        )
+    return ServicePlan(target, cls, (snake_case(cls.__name__),), CLASS, tuple(arguments), sessions=tuple(sessions))
 
 
-def _constructor_parameters(cls: type) -> tuple[list[inspect.Parameter] | None, dict[str, Any]]:
+def _constructor_parameters(target: Any, cls: type) -> tuple[list[inspect.Parameter] | None, dict[str, Any]]:
     try:
-        signature = inspect.signature(cls)
+        signature = inspect.signature(target)
     except (TypeError, ValueError):
         return None, {}
     init = cls.__init__  # type: ignore[misc]
@@ -262,7 +410,14 @@ def _constructor_source(
     if annotation is parameter.empty:
         if parameter.name in SESSION_PARAM_NAMES:
             return _SESSION
-    elif is_session_annotation(annotation) or (parameter.name in SESSION_PARAM_NAMES and _mentions_session(annotation)):
+        if parameter.default is not parameter.empty:
+            return None
+        raise InjectionError(
+            f"{owner}: cannot build {describe(cls)}: its parameter {parameter.name!r} has no annotation, so uow "
+            "cannot tell what to pass; annotate it with a service class (or Session), give it a default, or bind "
+            f"it with functools.partial({cls.__name__}, {parameter.name}=...)"
+        )
+    if is_session_annotation(annotation) or (parameter.name in SESSION_PARAM_NAMES and _mentions_session(annotation)):
         return _SESSION
     dependency = unwrap_annotated(annotation)
     if parameter.default is not parameter.empty:
@@ -272,6 +427,7 @@ def _constructor_source(
     raise InjectionError(
         f"{owner}: cannot build {describe(cls)}: its parameter {parameter.name!r} "
         f"({_annotation_text(annotation)}) is neither a session nor a service uow can build; give it a default, "
+        f"bind it with functools.partial({cls.__name__}, {parameter.name}=...), "
         "or pass a provider function that builds the service"
     )
 
@@ -408,7 +564,7 @@ def _unpack_sync(plan: ServicePlan, result: Any, closers: list[Any]) -> Any:
 
 def _build_replacement_sync(replacement: Any, session: Any, closers: list[Any]) -> Any:
     if isinstance(replacement, type):
-        plan = _plan_class(replacement, for_async=False, owner="override", stack=())
+        plan = _plan_class(replacement, for_async=False, owner="override", stack=(), needs_unit=False)
         return _build_one_sync(plan, session, {}, closers)
     return replacement
 
@@ -455,7 +611,7 @@ async def _unpack_async(result: Any, closers: list[Any]) -> Any:
 
 async def _build_replacement_async(replacement: Any, session: Any, closers: list[Any]) -> Any:
     if isinstance(replacement, type):
-        plan = _plan_class(replacement, for_async=True, owner="override", stack=())
+        plan = _plan_class(replacement, for_async=True, owner="override", stack=(), needs_unit=False)
         return await _build_one_async(plan, session, {}, closers)
     return replacement
 

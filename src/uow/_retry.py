@@ -10,7 +10,7 @@ from sqlalchemy.exc import DBAPIError
 
 from uow.errors import ConfigurationError
 
-__all__ = ["Retry", "is_transient", "parse_retry"]
+__all__ = ["Retry", "describe_error", "is_transient", "parse_retry"]
 
 _PG_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
 _MYSQL_TRANSIENT_CODES = frozenset({1213, 1205})  # ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT
@@ -58,6 +58,59 @@ def _is_transient_driver_error(error: BaseException) -> bool:
         if any(text in message for text in _SQLITE_TRANSIENT_MESSAGES):
             return True
     return False
+
+
+def describe_error(exc: BaseException) -> str:
+    """What failed, for a log line: the error classes and the database's code, never the message.
+
+    A SQLAlchemy error's text holds the SQL and its bound parameters (``[parameters: {...}]``), and a
+    driver's message can quote values too, so neither goes into a log: ``sqlalchemy.exc.OperationalError
+    (psycopg.errors.SerializationFailure, SQLSTATE 40001)``.
+    """
+    parts: list[str] = []
+    orig = getattr(exc, "orig", None)
+    driver = orig if isinstance(orig, BaseException) else None
+    if driver is not None:
+        parts.append(_class_path(driver))
+    code = _error_code(driver) if driver is not None else None
+    if code is None:
+        code = _error_code(exc)
+    if code is not None:
+        parts.append(code)
+    known = _known_transient_message(driver if driver is not None else exc)
+    if known is not None:
+        parts.append(known)
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:  # pyright: ignore[reportAttributeAccessIssue]
+        parts.append("connection invalidated")
+    return _class_path(exc) + (f" ({', '.join(parts)})" if parts else "")
+
+
+def _known_transient_message(error: BaseException) -> str | None:
+    """SQLite's "database is locked": a fixed text with nothing of the statement in it."""
+    message = str(error).strip().lower()
+    return message if message in _SQLITE_TRANSIENT_MESSAGES else None
+
+
+def _class_path(error: BaseException) -> str:
+    cls = type(error)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _error_code(error: BaseException, depth: int = 0) -> str | None:
+    for attribute in ("sqlstate", "pgcode"):  # asyncpg and psycopg 3 / psycopg2
+        code = getattr(error, attribute, None)
+        if isinstance(code, str) and code:
+            return f"SQLSTATE {code}"
+    name = getattr(error, "sqlite_errorname", None)  # sqlite3 on Python 3.11+
+    if isinstance(name, str):
+        return name
+    args = getattr(error, "args", ())
+    if args and isinstance(args[0], int) and not isinstance(args[0], bool):  # MySQL / MariaDB drivers
+        return f"error {args[0]}"
+    cause = error.__cause__  # SQLAlchemy's async adapters raise their own class from the driver's
+    if cause is not None and depth < 3:
+        return _error_code(cause, depth + 1)
+    return None
 
 
 def _looks_like_mysql(error: BaseException) -> bool:
