@@ -254,7 +254,8 @@ def test_provide_service_without_plugin_says_what_to_install(web_async_sqlite: W
     assert "UnitOfWorkPlugin" in response.text
 
 
-def test_coexists_with_advanced_alchemy_plugin(web_async_sqlite: Web) -> None:
+def test_linked_to_advanced_alchemy_plugin(web_async_sqlite: Web) -> None:
+    # The request-session cases are in test_alchemy_litestar.py; this is the plain mix of both kinds of handler.
     alchemy = SQLAlchemyAsyncConfig(
         connection_string=web_async_sqlite.db.engine.url.render_as_string(hide_password=False),  # type: ignore[union-attr]
         before_send_handler="autocommit",
@@ -278,7 +279,7 @@ def test_coexists_with_advanced_alchemy_plugin(web_async_sqlite: Web) -> None:
 
     app = Litestar(
         [alchemy_create, ours_create, both],
-        plugins=[SQLAlchemyPlugin(config=alchemy), UnitOfWorkPlugin(web_async_sqlite.db)],
+        plugins=[SQLAlchemyPlugin(config=alchemy), UnitOfWorkPlugin(web_async_sqlite.db, alchemy=alchemy)],
     )
     with TestClient(app) as client:
         assert client.post("/alchemy/theirs").status_code == 201
