@@ -1,5 +1,6 @@
 """A to-do API on Litestar and SQLite: one unit of work per request, services injected by uow.
 
+    pip install "uow[litestar,advanced-alchemy]"
     python examples/litestar_app.py                      # a short self-demo through Litestar's TestClient
     uvicorn examples.litestar_app:app                    # serve it (DATABASE_URL to use another database)
 

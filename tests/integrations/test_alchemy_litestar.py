@@ -479,3 +479,20 @@ def test_alchemy_false_keeps_two_sessions(web_async_sqlite: Web) -> None:
     with TestClient(app) as client:
         assert client.post("/both").json() == {"same": False}
     assert web_async_sqlite.names() == ["ours"]
+
+
+def test_linked_without_any_uow_database(web_async_sqlite: Web) -> None:
+    # No Database given or configured: inside a request every unit joins the plugin's session anyway.
+    config = async_config(web_async_sqlite, "autocommit")
+
+    @post("/items")
+    @uow.with_services(AsyncItemService)
+    async def create(items: AsyncItemService, db_session: AsyncSession) -> dict[str, bool]:
+        await items.add("no-database")
+        return {"same": items.session is db_session}
+
+    app = Litestar([create], plugins=[SQLAlchemyPlugin(config=config), UnitOfWorkPlugin(alchemy=config)])
+    with TestClient(app) as client:
+        assert client.post("/items").json() == {"same": True}
+    assert web_async_sqlite.names() == ["no-database"]
+    assert web_async_sqlite.commits == 1
