@@ -384,3 +384,15 @@ def test_alchemy_false_keeps_the_sessions_apart(web_async_sqlite: Web) -> None:
     with TestClient(app) as client:
         assert client.post("/items").json() == {"same": False}
     assert web_async_sqlite.names() == ["ours"]
+
+
+def test_linked_config_and_database_must_be_of_one_kind(web_sqlite: Web) -> None:
+    app = FastAPI()
+    alchemy = AdvancedAlchemy(config=SQLAlchemyAsyncConfig(connection_string="sqlite+aiosqlite://"), app=app)
+    app.add_middleware(UnitOfWorkMiddleware, database=web_sqlite.db, alchemy=alchemy)
+    with pytest.raises(ConfigurationError) as info:
+        with TestClient(app):
+            raise AssertionError("the application started")
+    assert str(info.value).startswith(
+        "UnitOfWorkMiddleware(alchemy=...) links an async advanced-alchemy config to the sync "
+    )

@@ -62,15 +62,31 @@ class UnitOfWorkMiddleware(_asgi.UnitOfWorkMiddleware):
         alchemy_key: str | None = None,
     ) -> None:
         super().__init__(app, database, request_session=_request_session(alchemy, alchemy_key))
+        self.alchemy_key = alchemy_key
         self.alchemy: AdvancedAlchemy | Literal[False] | None = alchemy
 
     def startup_error(self, scope: Scope) -> ConfigurationError | None:
         installed: object = getattr(getattr(scope.get("app"), "state", None), "advanced_alchemy", None)
         if self.alchemy is None:
             return ConfigurationError(UNLINKED) if installed is not None else None
-        if self.alchemy is not False and id(installed) != id(self.alchemy):
+        if self.alchemy is False:
+            return None
+        if id(installed) != id(self.alchemy):
             return ConfigurationError(NOT_THIS_APP)
+        return _kind_error(self.alchemy, self.alchemy_key, self.database)
+
+
+def _kind_error(alchemy: AdvancedAlchemy, key: str | None, database: Database | None) -> ConfigurationError | None:
+    from advanced_alchemy.config.asyncio import SQLAlchemyAsyncConfig
+
+    is_async = isinstance(alchemy.get_config(key), SQLAlchemyAsyncConfig)
+    if database is None or database.is_async == is_async:
         return None
+    return ConfigurationError(
+        f"UnitOfWorkMiddleware(alchemy=...) links an {'async' if is_async else 'sync'} advanced-alchemy config to "
+        f"the {'async' if database.is_async else 'sync'} {database!r}: give uow a Database on the extension's "
+        "engine, uow.Database(engine=alchemy.get_engine())"
+    )
 
 
 def _request_session(alchemy: AdvancedAlchemy | Literal[False] | None, key: str | None) -> RequestSession | None:
