@@ -1,10 +1,14 @@
 """A to-do API on Litestar and SQLite: one unit of work per request, services injected by uow.
 
+    pip install "uow[litestar,advanced-alchemy]"
     python examples/litestar_app.py                      # a short self-demo through Litestar's TestClient
     uvicorn examples.litestar_app:app                    # serve it (DATABASE_URL to use another database)
 
-Handlers are decorated with ``@with_services``; ``UnitOfWorkPlugin`` commits the request's
-unit before the response starts (status below 400) and rolls it back otherwise.
+Handlers and guards are decorated with ``@with_services``; ``UnitOfWorkPlugin`` commits the
+request's unit before the response starts (status below 400) and rolls it back otherwise.
+The app also has advanced-alchemy's ``SQLAlchemyPlugin``, linked to uow's: the request unit's
+session is the plugin's request session, so ``db_session``, the guard and the handlers share
+one session and one transaction.
 """
 
 from __future__ import annotations
@@ -12,9 +16,13 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
-from litestar import Litestar, get, post
-from litestar.exceptions import HTTPException
+from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig, SQLAlchemyPlugin
+from litestar import Litestar, Request, get, post
+from litestar.connection import ASGIConnection
+from litestar.exceptions import HTTPException, NotFoundException
+from litestar.handlers import BaseRouteHandler
 from litestar.params import FromPath
 from litestar.testing import TestClient
 from sqlalchemy import String, select
@@ -69,18 +77,12 @@ class TodoService:
         await self.session.flush()
         return todo
 
-    async def finish(self, todo_id: int) -> Todo:
-        todo = await self.session.get(Todo, todo_id)
-        if todo is None:
-            raise HTTPException(status_code=404, detail=f"no to-do {todo_id}")
-        todo.done = True
-        return todo
-
     async def all(self) -> list[Todo]:
         return list((await self.session.scalars(select(Todo).order_by(Todo.id))).all())
 
 
-database = uow.Database(DATABASE_URL)
+alchemy = SQLAlchemyAsyncConfig(connection_string=DATABASE_URL, before_send_handler="autocommit")
+database = uow.Database(engine=alchemy.get_engine())
 
 
 @post("/todos")
@@ -89,10 +91,22 @@ async def create_todo(todos: TodoService, data: TodoIn) -> TodoOut:
     return to_out(await todos.add(data.title))
 
 
-@post("/todos/{todo_id:int}/done", status_code=200)
 @uow.with_services(TodoService)
-async def finish_todo(todos: TodoService, todo_id: FromPath[int]) -> TodoOut:
-    return to_out(await todos.finish(todo_id))
+async def todo_exists(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler, todos: TodoService) -> None:
+    """A decorated guard: Litestar passes `connection`, which finds the request's unit."""
+    todo = await todos.session.get(Todo, connection.path_params["todo_id"])
+    if todo is None:
+        raise NotFoundException(f"no to-do {connection.path_params['todo_id']}")
+    connection.state.todo = todo
+
+
+@post("/todos/{todo_id:int}/done", status_code=200, guards=[todo_exists])
+async def finish_todo(request: Request[Any, Any, Any], db_session: AsyncSession, todo_id: FromPath[int]) -> TodoOut:
+    # advanced-alchemy's db_session is the request unit's session: the guard's object belongs to it.
+    todo: Todo = request.state.todo
+    assert todo in db_session
+    todo.done = True
+    return to_out(todo)
 
 
 @get("/todos", dependencies={"todos": provide_service(TodoService)})
@@ -109,7 +123,7 @@ async def create_tables() -> None:
 
 app = Litestar(
     [create_todo, finish_todo, list_todos],
-    plugins=[UnitOfWorkPlugin(database)],
+    plugins=[SQLAlchemyPlugin(config=alchemy), UnitOfWorkPlugin(database, alchemy=alchemy)],
     on_startup=[create_tables],
 )
 

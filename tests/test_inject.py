@@ -233,12 +233,16 @@ def test_session_parameter_clash() -> None:
             pass
 
 
-def test_connection_parameter_clash() -> None:
-    with pytest.raises(InjectionError, match="parameter 'connection' clashes"):
+def test_own_connection_parameter_is_passed_through() -> None:
+    # Frameworks name it (Litestar calls retrieve_user_handler(token, connection)): it stays visible and
+    # reaches the function untouched; a value no integration knows lets the active unit decide.
+    @with_services(UserService)
+    def f(token: str, connection: str, users: UserService) -> str:
+        return f"{token}:{connection}"
 
-        @with_services(UserService)
-        def f(users: UserService, connection: str) -> None:
-            pass
+    assert list(inspect.signature(f).parameters) == ["token", "connection"]
+    assert f("t", "c", session=Session()) == "t:c"
+    assert f("t", connection="c", session=Session()) == "t:c"
 
 
 def test_generator_function() -> None:

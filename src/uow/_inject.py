@@ -57,11 +57,16 @@ from uow._unit import (
 )
 from uow.errors import ConfigurationError, InjectionError
 
-__all__ = ["FunctionPlan", "plan_function", "register_connection_resolver", "resolve_connection"]
+__all__ = ["FunctionPlan", "find_connection", "plan_function", "register_connection_resolver", "resolve_connection"]
 
 logger = logging.getLogger("uow")
 
 RESERVED_KEYWORDS = ("session", "connection")
+
+# A function's own parameter of one of these names is the framework's (Litestar calls
+# `retrieve_user_handler(token, connection)`, guards `guard(connection, handler)`): it is passed
+# through untouched, and its value finds the request's unit the way `connection=` does.
+FRAMEWORK_CONNECTION_NAMES = ("connection", "request")
 
 BOTH_SESSION_AND_CONNECTION = "Cannot provide both 'session' and 'connection' - choose one"
 NO_SERVICES = "At least one service provider is required"
@@ -77,12 +82,20 @@ def register_connection_resolver(resolver: ConnectionResolver) -> None:
         _connection_resolvers.append(resolver)
 
 
-def resolve_connection(connection: Any, *, what: str) -> Transaction:
-    """The request transaction a framework integration keeps for `connection`."""
+def find_connection(connection: Any) -> Transaction | None:
+    """The request transaction a framework integration keeps for `connection`, or None."""
     for resolver in _connection_resolvers:
         tx = resolver(connection)
         if tx is not None:
             return tx
+    return None
+
+
+def resolve_connection(connection: Any, *, what: str) -> Transaction:
+    """The request transaction a framework integration keeps for `connection`."""
+    tx = find_connection(connection)
+    if tx is not None:
+        return tx
     raise ConfigurationError(
         f"{what} was given connection={type(connection).__name__}, but no framework integration knows it: "
         "install the request unit of your framework (uow.integrations.litestar.UnitOfWorkPlugin, "
@@ -96,6 +109,7 @@ class FunctionPlan:
     __slots__ = (
         "caller_names",
         "checked_database",
+        "connection_param",
         "direct",
         "fn",
         "is_async",
@@ -125,6 +139,7 @@ class FunctionPlan:
         spec: UnitSpec,
         retry: Retry | None,
         session_classes: tuple[SessionNeed, ...] = (),
+        connection_param: tuple[str, int | None] | None = None,
     ) -> None:
         self.fn = fn
         self.what = spec.what
@@ -137,6 +152,8 @@ class FunctionPlan:
         self.visible_annotations = visible_annotations
         self.spec = spec
         self.retry = retry
+        # The function's own framework connection parameter: (name, index among the caller's positional arguments).
+        self.connection_param = connection_param
         # Keywords a caller may pass that need the general path (they change the unit or the injected values).
         self.caller_names = frozenset((*RESERVED_KEYWORDS, *self.target_names, *session_params))
         # Session subclasses the function or its services were annotated with, still to be checked against
@@ -146,9 +163,9 @@ class FunctionPlan:
         # The direct path of `call_sync`/`call_async` is the general path minus the steps that would do
         # nothing: it is taken when there is no retry policy, every service is a class built from the
         # session alone, no `override` block is active and the caller passed none of `caller_names`.
-        self.direct: DirectBuilder | None = (
-            direct_builder(targets, session_params) if retry is None and not session_classes else None
-        )
+        # A framework connection parameter may arrive positionally, so only the general path reads it.
+        general = retry is not None or connection_param is not None or bool(session_classes)
+        self.direct: DirectBuilder | None = None if general else direct_builder(targets, session_params)
         # The commonest direct case, built inline by the wrappers: one service class taking the session first.
         self.single = single_positional(targets, session_params) if self.direct is not None else None
 
@@ -272,7 +289,7 @@ def plan_function(
                 "remove the '/' before it"
             )
     for reserved in RESERVED_KEYWORDS:
-        if reserved in parameters and reserved not in hidden:
+        if reserved in parameters and reserved not in hidden and reserved not in FRAMEWORK_CONNECTION_NAMES:
             raise InjectionError(
                 f"{what}: parameter {reserved!r} clashes with the {reserved}= keyword that uow reserves for callers; "
                 + _rename_hint(reserved)
@@ -292,6 +309,7 @@ def plan_function(
         if parameter.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     ]
     positional_targets = tuple((positional.index(name), name) for name in positional if name in hidden)
+    connection_param = _framework_connection(parameters, [name for name in positional if name not in hidden], hidden)
     visible = _visible_signature(signature, hidden, hints)
     annotations = {
         k: v
@@ -309,6 +327,7 @@ def plan_function(
         spec=spec,
         retry=retry_policy,
         session_classes=required if spec.database is None else (),
+        connection_param=connection_param,
     )
 
 
@@ -365,6 +384,20 @@ def _check_late_session_classes(plan: FunctionPlan) -> None:
         return
     _check_session_classes(plan.session_classes, database, what=plan.what)
     plan.checked_database = database
+
+
+def _framework_connection(
+    parameters: typing.Mapping[str, inspect.Parameter], visible_positional: list[str], hidden: set[str]
+) -> tuple[str, int | None] | None:
+    """The function's own `connection` / `request` parameter, and where a caller passes it positionally."""
+    for name in FRAMEWORK_CONNECTION_NAMES:
+        parameter = parameters.get(name)
+        if parameter is None or name in hidden:
+            continue
+        if parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            continue
+        return name, visible_positional.index(name) if name in visible_positional else None
+    return None
 
 
 def _visible_signature(signature: inspect.Signature, hidden: set[str], hints: dict[str, Any]) -> inspect.Signature:
@@ -534,20 +567,44 @@ def _wants_session(parameter: inspect.Parameter, annotation: Any) -> bool:
 # -- calling ----------------------------------------------------------------------------------
 
 
-def _pop_caller_keywords(plan: FunctionPlan, kwargs: dict[str, Any]) -> tuple[Any, Transaction | None, dict[str, Any]]:
+def _pop_caller_keywords(
+    plan: FunctionPlan, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Any, Transaction | None, dict[str, Any]]:
     session = kwargs.pop("session", None)
-    connection = kwargs.pop("connection", None)
     request_tx = None
-    if connection is not None:
-        if session is not None:
-            raise ValueError(BOTH_SESSION_AND_CONNECTION)
-        request_tx = resolve_connection(connection, what=plan.what)
+    if plan.connection_param is None:
+        connection = kwargs.pop("connection", None)
+        if connection is not None:
+            if session is not None:
+                raise ValueError(BOTH_SESSION_AND_CONNECTION)
+            request_tx = resolve_connection(connection, what=plan.what)
+    elif session is None:
+        request_tx = _own_connection_unit(plan.connection_param, args, kwargs)
     supplied: dict[str, Any] = {}
     if kwargs:
         for name in plan.target_names:
             if name in kwargs:
                 supplied[name] = kwargs.pop(name)
     return session, request_tx, supplied
+
+
+def _own_connection_unit(
+    connection_param: tuple[str, int | None], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Transaction | None:
+    """The request unit the function's own connection parameter points at; None lets the active unit decide.
+
+    The framework, not the user, passes it, so a value no integration knows (no request unit,
+    or one already finished) is no error: the call joins or begins a unit as it would without it.
+    """
+    name, index = connection_param
+    if name in kwargs:
+        connection = kwargs[name]
+    elif index is not None and len(args) > index:
+        connection = args[index]
+    else:
+        return None
+    tx = find_connection(connection) if connection is not None else None
+    return tx if tx is not None and not tx.finished else None
 
 
 def _layout(
@@ -598,7 +655,7 @@ def _log_retry(plan: FunctionPlan, attempt: int, exc: BaseException, delay: floa
 
 
 def call_sync(plan: FunctionPlan, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    session, request_tx, supplied = _pop_caller_keywords(plan, kwargs)
+    session, request_tx, supplied = _pop_caller_keywords(plan, args, kwargs)
     if not _can_retry(plan, session, request_tx):
         return _attempt_sync(plan, args, kwargs, session, request_tx, supplied)
     assert plan.retry is not None
@@ -671,7 +728,7 @@ def _succeed_sync(unit: ActiveUnit, closers: list[Any]) -> None:
 
 
 async def call_async(plan: FunctionPlan, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    session, request_tx, supplied = _pop_caller_keywords(plan, kwargs)
+    session, request_tx, supplied = _pop_caller_keywords(plan, args, kwargs)
     if not _can_retry(plan, session, request_tx):
         return await _attempt_async(plan, args, kwargs, session, request_tx, supplied)
     assert plan.retry is not None

@@ -254,7 +254,8 @@ def test_provide_service_without_plugin_says_what_to_install(web_async_sqlite: W
     assert "UnitOfWorkPlugin" in response.text
 
 
-def test_coexists_with_advanced_alchemy_plugin(web_async_sqlite: Web) -> None:
+def test_linked_to_advanced_alchemy_plugin(web_async_sqlite: Web) -> None:
+    # The request-session cases are in test_alchemy_litestar.py; this is the plain mix of both kinds of handler.
     alchemy = SQLAlchemyAsyncConfig(
         connection_string=web_async_sqlite.db.engine.url.render_as_string(hide_password=False),  # type: ignore[union-attr]
         before_send_handler="autocommit",
@@ -278,7 +279,7 @@ def test_coexists_with_advanced_alchemy_plugin(web_async_sqlite: Web) -> None:
 
     app = Litestar(
         [alchemy_create, ours_create, both],
-        plugins=[SQLAlchemyPlugin(config=alchemy), UnitOfWorkPlugin(web_async_sqlite.db)],
+        plugins=[SQLAlchemyPlugin(config=alchemy), UnitOfWorkPlugin(web_async_sqlite.db, alchemy=alchemy)],
     )
     with TestClient(app) as client:
         assert client.post("/alchemy/theirs").status_code == 201
@@ -355,3 +356,38 @@ def test_app_middleware_runs_inside_the_request_unit(web_async_sqlite: Web) -> N
         assert client.post("/audited", params={"fail": "true"}).status_code == 401
     assert web_async_sqlite.names() == ["audit-1", "handler-1"]
     assert web_async_sqlite.checked_out == 0
+
+
+def decorated_guard_app(web: Web, sessions: dict[str, int], *, plugin: bool) -> Litestar:
+    @uow.with_services(AsyncItemService)
+    async def guard(
+        connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler, items: AsyncItemService
+    ) -> None:
+        sessions["guard"] = id(items.session)
+        await items.add("from-guard")
+
+    @post("/guarded", guards=[guard])
+    @uow.with_services(AsyncItemService)
+    async def guarded(items: AsyncItemService) -> None:
+        sessions["handler"] = id(items.session)
+
+    return Litestar([guarded], plugins=[UnitOfWorkPlugin(web.db)] if plugin else [])
+
+
+def test_decorated_guard_joins_the_request_unit(web_async_sqlite: Web) -> None:
+    sessions: dict[str, int] = {}
+    with TestClient(decorated_guard_app(web_async_sqlite, sessions, plugin=True)) as client:
+        assert client.post("/guarded").status_code == 201
+    assert sessions["guard"] == sessions["handler"]
+    assert web_async_sqlite.names() == ["from-guard"]
+
+
+def test_decorated_guard_without_the_plugin_owns_its_unit(web_async_sqlite: Web) -> None:
+    # No request unit: the connection Litestar passes is no error, and each function commits its own unit.
+    uow.configure(web_async_sqlite.db)
+    sessions: dict[str, int] = {}
+    with TestClient(decorated_guard_app(web_async_sqlite, sessions, plugin=False)) as client:
+        assert client.post("/guarded").status_code == 201
+    assert sessions["guard"] != sessions["handler"]
+    assert web_async_sqlite.names() == ["from-guard"]
+    assert web_async_sqlite.commits == 1  # the guard's unit; the handler's touched no table

@@ -90,7 +90,8 @@ class Web:
     """A test's database: the `uow.Database` the app uses, and a sync engine of our own to read what was committed.
 
     It counts the connections the app takes from its pool and gives back, so a test can
-    prove a request never touched the database, and that none is left checked out.
+    prove a request never touched the database, and that none is left checked out, and the
+    COMMITs that reach the database, so a test can prove a request committed exactly once.
     """
 
     def __init__(self, db: uow.Database, check: Engine) -> None:
@@ -98,9 +99,11 @@ class Web:
         self.check = check
         self.checkouts = 0
         self.checkins = 0
+        self.commits = 0
         engine = sync_engine_of(db)
         event.listen(engine, "checkout", self._on_checkout)
         event.listen(engine, "checkin", self._on_checkin)
+        event.listen(engine, "commit", self._on_commit)
         enable_sqlite_foreign_keys(engine)
 
     def _on_checkout(self, *_: Any) -> None:
@@ -108,6 +111,9 @@ class Web:
 
     def _on_checkin(self, *_: Any) -> None:
         self.checkins += 1
+
+    def _on_commit(self, *_: Any) -> None:
+        self.commits += 1
 
     @property
     def checked_out(self) -> int:

@@ -107,7 +107,7 @@ def generator_function() -> None:
 
 def reserved_parameter() -> None:
     @uow.with_services(ItemService, database=SYNC_DB)
-    def handler(items: ItemService, connection: int) -> None: ...
+    def handler(items: ItemService, session: int) -> None: ...
 
 
 def database_not_a_database() -> None:
@@ -164,7 +164,7 @@ AT_DECORATION: list[tuple[Callable[[], None], type[Exception], list[str]]] = [
         [r"handler\(\)", r"cannot tell which service", r"return annotation"],
     ),
     (generator_function, uow.InjectionError, [r"generator function .*handler\(\)", r"return a list instead"]),
-    (reserved_parameter, uow.InjectionError, [r"handler\(\)", r"'connection' clashes", r"rename the parameter"]),
+    (reserved_parameter, uow.InjectionError, [r"handler\(\)", r"'session' clashes", r"rename the parameter"]),
     (database_not_a_database, uow.ConfigurationError, [r"handler\(\)", r"needs a uow.Database", r"got str"]),
 ]
 

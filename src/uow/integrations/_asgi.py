@@ -21,7 +21,8 @@ import anyio
 import anyio.to_thread
 
 from uow._database import Database, resolve_database
-from uow.integrations._request import SCOPE_KEY, ErrorResponse, NoResponse, RequestUnit
+from uow.errors import ConfigurationError
+from uow.integrations._request import SCOPE_KEY, ErrorResponse, NoResponse, RequestUnit, adopted_unit
 
 __all__ = ["ASGIApp", "UnitOfWorkMiddleware"]
 
@@ -34,6 +35,8 @@ Message = Any
 Receive = Any
 Send = Any
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+RequestSession = Callable[[Scope], Any]
+"""Hands out the request session of a framework SQLAlchemy plugin for an HTTP scope (made once per request)."""
 
 
 class UnitOfWorkMiddleware:
@@ -43,17 +46,46 @@ class UnitOfWorkMiddleware:
     When the commit fails, the client gets a 500 instead of the application's response
     and the error is logged. `database` defaults to the one given to `uow.configure()`,
     looked up per request.
+
+    With `request_session` (what the framework integrations pass to link a SQLAlchemy plugin),
+    the unit's session is the one it returns for the request, not one of uow's own.
     """
 
-    def __init__(self, app: ASGIApp, database: Database | None = None) -> None:
+    plugin_name = "the framework's SQLAlchemy plugin"
+
+    def __init__(
+        self, app: ASGIApp, database: Database | None = None, *, request_session: RequestSession | None = None
+    ) -> None:
         self.app = app
         self.database = database
+        self.request_session = request_session
+        self._checked = False
+
+    def startup_error(self, scope: Scope) -> ConfigurationError | None:
+        """What is wrong with how the application is set up (checked at start-up and on the first request)."""
+        return None
+
+    def _check_once(self, scope: Scope) -> None:
+        if not self._checked:
+            error = self.startup_error(scope)
+            if error is not None:
+                raise error
+            self._checked = True
+
+    def _unit(self, scope: Scope) -> RequestUnit:
+        if self.request_session is None:
+            return RequestUnit(resolve_database(self.database, what="UnitOfWorkMiddleware"))
+        return adopted_unit(self.database, self.request_session(scope), plugin=self.plugin_name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, self._checking_startup(scope, receive, send), send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        unit = RequestUnit(resolve_database(self.database, what="UnitOfWorkMiddleware"))
+        self._check_once(scope)
+        unit = self._unit(scope)
         scope[SCOPE_KEY] = unit
 
         replaced = False
@@ -79,6 +111,21 @@ class UnitOfWorkMiddleware:
             await _finish_shielded(unit, NoResponse("the application returned without starting a response"))
         finally:
             unit.deactivate()
+
+    def _checking_startup(self, scope: Scope, receive: Receive, send: Send) -> Receive:
+        # A set-up error fails the start-up the ASGI way (servers stop; test clients raise it) instead of
+        # surfacing as a 500 on some later request.
+        async def receive_checked() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup" and not self._checked:
+                error = self.startup_error(scope)
+                if error is not None:
+                    await send({"type": "lifespan.startup.failed", "message": str(error)})
+                    raise error
+                self._checked = True
+            return message
+
+        return receive_checked
 
 
 async def finish(unit: RequestUnit, exc: BaseException | None) -> None:

@@ -6,6 +6,10 @@ starts (status below 400) or rolls it back. While the request runs, the unit is 
 innermost frame, so every decorated function, ``provide_services`` and ``current_session``
 inside the request joins it. Importing this module teaches ``connection=`` to find the
 unit of a request (an ASGI connection or scope, a WSGI request or environ).
+
+When the application has a framework SQLAlchemy plugin (advanced-alchemy's), the
+integration hands the unit that plugin's request session (`adopted_unit`): the unit
+never makes a session of its own, so the request has one session, and uow commits it.
 """
 
 from __future__ import annotations
@@ -15,14 +19,25 @@ import contextvars
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, TypeVar
 
-from uow._database import Database
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from uow._database import Database, get_default_database
 from uow._decorators import ServiceSpec, provide_services
 from uow._inject import register_connection_resolver
 from uow._providers import snake_case
 from uow._unit import Frame, Transaction, innermost_frame, pop_frame, push_frame
 from uow.errors import ConfigurationError
 
-__all__ = ["SCOPE_KEY", "ErrorResponse", "NoResponse", "RequestUnit", "request_unit", "require_request_unit"]
+__all__ = [
+    "SCOPE_KEY",
+    "ErrorResponse",
+    "NoResponse",
+    "RequestUnit",
+    "adopted_unit",
+    "request_unit",
+    "require_request_unit",
+]
 
 SCOPE_KEY = "uow.request_unit"
 """Where the request unit lives: a key of the ASGI scope, or of the WSGI environ."""
@@ -45,8 +60,11 @@ class RequestUnit:
 
     __slots__ = ("_token", "finished", "transaction")
 
-    def __init__(self, database: Database) -> None:
-        self.transaction = Transaction(database)
+    def __init__(self, database: Database | None, session: Session | AsyncSession | None = None) -> None:
+        # With `session` (a framework plugin's request session) the unit owns that session's transaction:
+        # it commits, rolls back and closes it like one it made. `database` may then be None (no uow
+        # Database configured): every unit inside the request joins it anyway, being the innermost.
+        self.transaction = Transaction(database, session=session)
         self.finished = False
         self._token: contextvars.Token[Frame | None] | None = None
 
@@ -79,6 +97,28 @@ class RequestUnit:
         if not self.finished:
             self.finished = True
             await self.transaction.finish_async(exc)
+
+
+def adopted_unit(database: Database | None, session: object, *, plugin: str) -> RequestUnit:
+    """A request unit on `session`, the request session of the framework's SQLAlchemy `plugin`.
+
+    `database` (else the configured default, else none) is the Database decorated functions
+    look for: it must be the one they resolve to, or they would not find the request's unit.
+    """
+    if not isinstance(session, (Session, AsyncSession)):
+        raise ConfigurationError(
+            f"{plugin} gave the request a {type(session).__name__}, not a SQLAlchemy Session or AsyncSession"
+        )
+    if database is None:
+        database = get_default_database()
+    is_async = isinstance(session, AsyncSession)
+    if database is not None and database.is_async != is_async:
+        raise ConfigurationError(
+            f"{plugin}'s request session is {'async' if is_async else 'sync'} but uow's {database!r} is "
+            f"{'async' if database.is_async else 'sync'}: give uow a Database of the same kind, built on the "
+            "plugin's engine (uow.Database(engine=alchemy_config.get_engine()))"
+        )
+    return RequestUnit(database, session)
 
 
 def request_unit(connection: Any) -> RequestUnit | None:

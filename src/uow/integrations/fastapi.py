@@ -7,7 +7,9 @@
     async def create(name: str, users: UserService = Service(UserService)) -> dict[str, int]: ...
 
 Decorated path operations (``@with_services``) need nothing from this module: FastAPI reads
-their visible signature, and inside the request they join its unit.
+their visible signature, and inside the request they join its unit. With advanced-alchemy's
+extension, link it (``add_middleware(UnitOfWorkMiddleware, database=db, alchemy=alchemy)``)
+so the unit's session is the one ``alchemy.provide_session()`` hands out.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from typing import Any, TypeVar
 from fastapi import Depends, Request
 
 from uow._decorators import ServiceSpec
-from uow.integrations._asgi import UnitOfWorkMiddleware
 from uow.integrations._request import dependency_name, request_service
+from uow.integrations.starlette import UnitOfWorkMiddleware
 
 __all__ = ["Service", "UnitOfWorkMiddleware", "service"]
 
