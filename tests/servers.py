@@ -125,12 +125,13 @@ def open_transactions(server: Server) -> list[str]:
     try:
         with admin.connect() as connection:
             leaked = {row[0] for row in connection.execute(query, {"db": server.database})}
-            # InnoDB serves INNODB_TRX from a cache refreshed at most every 0.1 s: a transaction that
-            # ended just now can still be listed. Only what is still there a moment later is a leak.
-            for _ in range(2 if server.name != "postgresql" else 0):
+            # InnoDB serves INNODB_TRX from a cache refreshed at most every 0.1 s, later on a loaded
+            # machine: a transaction that ended just now can still be listed. A leak stays listed, so
+            # only what is still there after up to 2 s is one (a clean check does not wait at all).
+            for _ in range(10 if server.name != "postgresql" else 0):
                 if not leaked:
                     break
-                time.sleep(0.15)
+                time.sleep(0.2)
                 leaked &= {row[0] for row in connection.execute(query, {"db": server.database})}
             return sorted(leaked)
     finally:
