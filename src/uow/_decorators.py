@@ -1,7 +1,7 @@
 """The public decorators and context managers: `with_services`, `unit_of_work`, `provide_services`.
 
-The overloads below only teach type checkers the shapes; at run time every form is the
-same small object (`_ServicesDecorator`, `UnitOfWork`, `ServicesContext`).
+The overloads below (and `uow._typing`) only teach type checkers the shapes; at run time every
+form is the same small object (`_ServicesDecorator`, `UnitOfWork`, `ServicesContext`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,15 @@ from uow._database import Database
 from uow._inject import BOTH_SESSION_AND_CONNECTION, NO_SERVICES, decorate, resolve_connection
 from uow._providers import ServicePlan, build_async, build_sync, close_async, close_sync, plan_service
 from uow._retry import Retry
+from uow._typing import (
+    _AnyDecorator,
+    _Decorator1,
+    _Decorator2,
+    _Decorator3,
+    _Decorator4,
+    _Decorator5,
+    _Decorator6,
+)
 from uow._unit import (
     ActiveUnit,
     Propagation,
@@ -50,67 +59,6 @@ ServiceSpec = Union[type[T], Callable[..., AsyncIterator[T]], Callable[..., Iter
 """A service class, or a provider taking the session and returning/yielding the service."""
 
 PropagationArg = Union[Propagation, str]
-
-
-class _AnyDecorator:
-    """Typing of a decorator whose services type checkers could not follow: the return type is kept."""
-
-    def __call__(self, fn: Callable[..., R], /) -> Callable[..., R]:
-        raise NotImplementedError
-
-
-class _Decorator1(Generic[S1]):
-    @overload
-    def __call__(self, fn: Callable[Concatenate[S1, P], R], /) -> Callable[P, R]: ...
-    @overload
-    def __call__(self, fn: Callable[..., R], /) -> Callable[..., R]: ...
-    def __call__(self, fn: Any, /) -> Any:
-        raise NotImplementedError
-
-
-class _Decorator2(Generic[S1, S2]):
-    @overload
-    def __call__(self, fn: Callable[Concatenate[S1, S2, P], R], /) -> Callable[P, R]: ...
-    @overload
-    def __call__(self, fn: Callable[..., R], /) -> Callable[..., R]: ...
-    def __call__(self, fn: Any, /) -> Any:
-        raise NotImplementedError
-
-
-class _Decorator3(Generic[S1, S2, S3]):
-    @overload
-    def __call__(self, fn: Callable[Concatenate[S1, S2, S3, P], R], /) -> Callable[P, R]: ...
-    @overload
-    def __call__(self, fn: Callable[..., R], /) -> Callable[..., R]: ...
-    def __call__(self, fn: Any, /) -> Any:
-        raise NotImplementedError
-
-
-class _Decorator4(Generic[S1, S2, S3, S4]):
-    @overload
-    def __call__(self, fn: Callable[Concatenate[S1, S2, S3, S4, P], R], /) -> Callable[P, R]: ...
-    @overload
-    def __call__(self, fn: Callable[..., R], /) -> Callable[..., R]: ...
-    def __call__(self, fn: Any, /) -> Any:
-        raise NotImplementedError
-
-
-class _Decorator5(Generic[S1, S2, S3, S4, S5]):
-    @overload
-    def __call__(self, fn: Callable[Concatenate[S1, S2, S3, S4, S5, P], R], /) -> Callable[P, R]: ...
-    @overload
-    def __call__(self, fn: Callable[..., R], /) -> Callable[..., R]: ...
-    def __call__(self, fn: Any, /) -> Any:
-        raise NotImplementedError
-
-
-class _Decorator6(Generic[S1, S2, S3, S4, S5, S6]):
-    @overload
-    def __call__(self, fn: Callable[Concatenate[S1, S2, S3, S4, S5, S6, P], R], /) -> Callable[P, R]: ...
-    @overload
-    def __call__(self, fn: Callable[..., R], /) -> Callable[..., R]: ...
-    def __call__(self, fn: Any, /) -> Any:
-        raise NotImplementedError
 
 
 @overload
