@@ -109,6 +109,24 @@ def keyword_only(name: str, *, items: ItemService) -> int:
     return items.count()
 
 
+class WithSession:
+    @uow.with_services(ItemService)
+    def session_then_services(self, session: Session, items: ItemService, name: str) -> bool:
+        items.add(name)
+        return items.session is session
+
+    @uow.with_services(ItemService)
+    def services_then_session(self, items: ItemService, session: Session, name: str) -> bool:
+        items.add(name)
+        return items.session is session
+
+
+@uow.with_services(ItemService)
+def session_first(session: Session, items: ItemService, name: str) -> bool:
+    items.add(name)
+    return items.session is session
+
+
 @pytest.mark.parametrize(
     ("call", "expected"),
     [
@@ -125,6 +143,9 @@ def keyword_only(name: str, *, items: ItemService) -> int:
         (lambda: command("a", "red", quiet=True), "red"),
         (lambda: trailing("a"), 1),
         (lambda: keyword_only("a"), 1),
+        (lambda: session_first("a"), True),
+        (lambda: WithSession().session_then_services("a"), True),
+        (lambda: WithSession().services_then_session(name="a"), True),
     ],
     ids=[
         "method",
@@ -140,6 +161,9 @@ def keyword_only(name: str, *, items: ItemService) -> int:
         "options-first-keyword",
         "after-positional",
         "keyword-only-fallback",
+        "session-first",
+        "method-session-then-services",
+        "method-services-then-session",
     ],
 )
 def test_sync_layouts_commit(sqlite_db: uow.Database, call: Callable[[], object], expected: object) -> None:

@@ -11,7 +11,11 @@ one `__call__` overload of `_DecoratorN`:
 - after 1-3 positional parameters (``self``, ``cls``, a job's ``ctx``, a command's options):
   ``(a, users, *rest)`` becomes `After1` ``(a, /, *rest)``, a descriptor that binds ``a`` like a
   method does (`Bound` once bound), and so on for `After2` / `After3`;
+- a ``Session``/``AsyncSession`` parameter right before or after the services (after ``self``
+  or first) receives the unit's session, so it is removed with them (`SS`);
 - anything else falls back to ``Callable[..., R]``: calls type-check and the return type is kept.
+
+The overloads go from the most specific layout to the least: the first that matches wins.
 
 Each `_FnN_K` protocol captures a function twice, with the services removed (``P``) and with
 them (``PB``, the parameters after the first K), so the decorated function also accepts a
@@ -65,6 +69,8 @@ S3_contra = TypeVar("S3_contra", contravariant=True)
 S4_contra = TypeVar("S4_contra", contravariant=True)
 S5_contra = TypeVar("S5_contra", contravariant=True)
 S6_contra = TypeVar("S6_contra", contravariant=True)
+SS = TypeVar("SS", bound="Session | AsyncSession")
+SS_contra = TypeVar("SS_contra", bound="Session | AsyncSession", contravariant=True)
 A0 = TypeVar("A0")
 A1 = TypeVar("A1")
 A2 = TypeVar("A2")
@@ -166,11 +172,43 @@ class After3(Generic[A0, A1, A2, P, PB, R]):
         raise NotImplementedError
 
 
+class _Fn1_S0(Protocol[SS_contra, S1_contra, P, PB, R_co]):
+    @overload
+    def __call__(self, session: SS_contra, s1: S1_contra, /, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+    @overload
+    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+
+
+class _Fn1_0S(Protocol[SS_contra, S1_contra, P, PB, R_co]):
+    @overload
+    def __call__(self, s1: S1_contra, session: SS_contra, /, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+    @overload
+    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+
+
 class _Fn1_0(Protocol[S1_contra, P, PB, R_co]):
     @overload
     def __call__(self, s1: S1_contra, /, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
     @overload
     def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+
+
+class _Fn1_1S0(Protocol[A0_contra, SS_contra, S1_contra, P, PB, R_co]):
+    @overload
+    def __call__(
+        self, a0: A0_contra, session: SS_contra, s1: S1_contra, /, *args: P.args, **kwargs: P.kwargs
+    ) -> R_co: ...
+    @overload
+    def __call__(self, a0: A0_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+
+
+class _Fn1_10S(Protocol[A0_contra, SS_contra, S1_contra, P, PB, R_co]):
+    @overload
+    def __call__(
+        self, a0: A0_contra, s1: S1_contra, session: SS_contra, /, *args: P.args, **kwargs: P.kwargs
+    ) -> R_co: ...
+    @overload
+    def __call__(self, a0: A0_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
 class _Fn1_1(Protocol[A0_contra, S1_contra, P, PB, R_co]):
@@ -196,11 +234,47 @@ class _Fn1_3(Protocol[A0_contra, A1_contra, A2_contra, S1_contra, P, PB, R_co]):
     def __call__(self, a0: A0_contra, a1: A1_contra, a2: A2_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
+class _Fn2_S0(Protocol[SS_contra, S1_contra, S2_contra, P, PB, R_co]):
+    @overload
+    def __call__(
+        self, session: SS_contra, s1: S1_contra, s2: S2_contra, /, *args: P.args, **kwargs: P.kwargs
+    ) -> R_co: ...
+    @overload
+    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+
+
+class _Fn2_0S(Protocol[SS_contra, S1_contra, S2_contra, P, PB, R_co]):
+    @overload
+    def __call__(
+        self, s1: S1_contra, s2: S2_contra, session: SS_contra, /, *args: P.args, **kwargs: P.kwargs
+    ) -> R_co: ...
+    @overload
+    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+
+
 class _Fn2_0(Protocol[S1_contra, S2_contra, P, PB, R_co]):
     @overload
     def __call__(self, s1: S1_contra, s2: S2_contra, /, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
     @overload
     def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+
+
+class _Fn2_1S0(Protocol[A0_contra, SS_contra, S1_contra, S2_contra, P, PB, R_co]):
+    @overload
+    def __call__(
+        self, a0: A0_contra, session: SS_contra, s1: S1_contra, s2: S2_contra, /, *args: P.args, **kwargs: P.kwargs
+    ) -> R_co: ...
+    @overload
+    def __call__(self, a0: A0_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+
+
+class _Fn2_10S(Protocol[A0_contra, SS_contra, S1_contra, S2_contra, P, PB, R_co]):
+    @overload
+    def __call__(
+        self, a0: A0_contra, s1: S1_contra, s2: S2_contra, session: SS_contra, /, *args: P.args, **kwargs: P.kwargs
+    ) -> R_co: ...
+    @overload
+    def __call__(self, a0: A0_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
 class _Fn2_1(Protocol[A0_contra, S1_contra, S2_contra, P, PB, R_co]):
@@ -236,11 +310,63 @@ class _Fn2_3(Protocol[A0_contra, A1_contra, A2_contra, S1_contra, S2_contra, P, 
     def __call__(self, a0: A0_contra, a1: A1_contra, a2: A2_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
+class _Fn3_S0(Protocol[SS_contra, S1_contra, S2_contra, S3_contra, P, PB, R_co]):
+    @overload
+    def __call__(
+        self, session: SS_contra, s1: S1_contra, s2: S2_contra, s3: S3_contra, /, *args: P.args, **kwargs: P.kwargs
+    ) -> R_co: ...
+    @overload
+    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+
+
+class _Fn3_0S(Protocol[SS_contra, S1_contra, S2_contra, S3_contra, P, PB, R_co]):
+    @overload
+    def __call__(
+        self, s1: S1_contra, s2: S2_contra, s3: S3_contra, session: SS_contra, /, *args: P.args, **kwargs: P.kwargs
+    ) -> R_co: ...
+    @overload
+    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+
+
 class _Fn3_0(Protocol[S1_contra, S2_contra, S3_contra, P, PB, R_co]):
     @overload
     def __call__(self, s1: S1_contra, s2: S2_contra, s3: S3_contra, /, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
     @overload
     def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+
+
+class _Fn3_1S0(Protocol[A0_contra, SS_contra, S1_contra, S2_contra, S3_contra, P, PB, R_co]):
+    @overload
+    def __call__(
+        self,
+        a0: A0_contra,
+        session: SS_contra,
+        s1: S1_contra,
+        s2: S2_contra,
+        s3: S3_contra,
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R_co: ...
+    @overload
+    def __call__(self, a0: A0_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+
+
+class _Fn3_10S(Protocol[A0_contra, SS_contra, S1_contra, S2_contra, S3_contra, P, PB, R_co]):
+    @overload
+    def __call__(
+        self,
+        a0: A0_contra,
+        s1: S1_contra,
+        s2: S2_contra,
+        s3: S3_contra,
+        session: SS_contra,
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R_co: ...
+    @overload
+    def __call__(self, a0: A0_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
 class _Fn3_1(Protocol[A0_contra, S1_contra, S2_contra, S3_contra, P, PB, R_co]):
@@ -287,6 +413,40 @@ class _Fn3_3(Protocol[A0_contra, A1_contra, A2_contra, S1_contra, S2_contra, S3_
     def __call__(self, a0: A0_contra, a1: A1_contra, a2: A2_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
+class _Fn4_S0(Protocol[SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, P, PB, R_co]):
+    @overload
+    def __call__(
+        self,
+        session: SS_contra,
+        s1: S1_contra,
+        s2: S2_contra,
+        s3: S3_contra,
+        s4: S4_contra,
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R_co: ...
+    @overload
+    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+
+
+class _Fn4_0S(Protocol[SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, P, PB, R_co]):
+    @overload
+    def __call__(
+        self,
+        s1: S1_contra,
+        s2: S2_contra,
+        s3: S3_contra,
+        s4: S4_contra,
+        session: SS_contra,
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R_co: ...
+    @overload
+    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+
+
 class _Fn4_0(Protocol[S1_contra, S2_contra, S3_contra, S4_contra, P, PB, R_co]):
     @overload
     def __call__(
@@ -294,6 +454,42 @@ class _Fn4_0(Protocol[S1_contra, S2_contra, S3_contra, S4_contra, P, PB, R_co]):
     ) -> R_co: ...
     @overload
     def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+
+
+class _Fn4_1S0(Protocol[A0_contra, SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, P, PB, R_co]):
+    @overload
+    def __call__(
+        self,
+        a0: A0_contra,
+        session: SS_contra,
+        s1: S1_contra,
+        s2: S2_contra,
+        s3: S3_contra,
+        s4: S4_contra,
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R_co: ...
+    @overload
+    def __call__(self, a0: A0_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+
+
+class _Fn4_10S(Protocol[A0_contra, SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, P, PB, R_co]):
+    @overload
+    def __call__(
+        self,
+        a0: A0_contra,
+        s1: S1_contra,
+        s2: S2_contra,
+        s3: S3_contra,
+        s4: S4_contra,
+        session: SS_contra,
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R_co: ...
+    @overload
+    def __call__(self, a0: A0_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
 class _Fn4_1(Protocol[A0_contra, S1_contra, S2_contra, S3_contra, S4_contra, P, PB, R_co]):
@@ -350,6 +546,42 @@ class _Fn4_3(Protocol[A0_contra, A1_contra, A2_contra, S1_contra, S2_contra, S3_
     def __call__(self, a0: A0_contra, a1: A1_contra, a2: A2_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
+class _Fn5_S0(Protocol[SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, S5_contra, P, PB, R_co]):
+    @overload
+    def __call__(
+        self,
+        session: SS_contra,
+        s1: S1_contra,
+        s2: S2_contra,
+        s3: S3_contra,
+        s4: S4_contra,
+        s5: S5_contra,
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R_co: ...
+    @overload
+    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+
+
+class _Fn5_0S(Protocol[SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, S5_contra, P, PB, R_co]):
+    @overload
+    def __call__(
+        self,
+        s1: S1_contra,
+        s2: S2_contra,
+        s3: S3_contra,
+        s4: S4_contra,
+        s5: S5_contra,
+        session: SS_contra,
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R_co: ...
+    @overload
+    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+
+
 class _Fn5_0(Protocol[S1_contra, S2_contra, S3_contra, S4_contra, S5_contra, P, PB, R_co]):
     @overload
     def __call__(
@@ -365,6 +597,44 @@ class _Fn5_0(Protocol[S1_contra, S2_contra, S3_contra, S4_contra, S5_contra, P, 
     ) -> R_co: ...
     @overload
     def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+
+
+class _Fn5_1S0(Protocol[A0_contra, SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, S5_contra, P, PB, R_co]):
+    @overload
+    def __call__(
+        self,
+        a0: A0_contra,
+        session: SS_contra,
+        s1: S1_contra,
+        s2: S2_contra,
+        s3: S3_contra,
+        s4: S4_contra,
+        s5: S5_contra,
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R_co: ...
+    @overload
+    def __call__(self, a0: A0_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+
+
+class _Fn5_10S(Protocol[A0_contra, SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, S5_contra, P, PB, R_co]):
+    @overload
+    def __call__(
+        self,
+        a0: A0_contra,
+        s1: S1_contra,
+        s2: S2_contra,
+        s3: S3_contra,
+        s4: S4_contra,
+        s5: S5_contra,
+        session: SS_contra,
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R_co: ...
+    @overload
+    def __call__(self, a0: A0_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
 class _Fn5_1(Protocol[A0_contra, S1_contra, S2_contra, S3_contra, S4_contra, S5_contra, P, PB, R_co]):
@@ -426,6 +696,44 @@ class _Fn5_3(
     def __call__(self, a0: A0_contra, a1: A1_contra, a2: A2_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
+class _Fn6_S0(Protocol[SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, S5_contra, S6_contra, P, PB, R_co]):
+    @overload
+    def __call__(
+        self,
+        session: SS_contra,
+        s1: S1_contra,
+        s2: S2_contra,
+        s3: S3_contra,
+        s4: S4_contra,
+        s5: S5_contra,
+        s6: S6_contra,
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R_co: ...
+    @overload
+    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+
+
+class _Fn6_0S(Protocol[SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, S5_contra, S6_contra, P, PB, R_co]):
+    @overload
+    def __call__(
+        self,
+        s1: S1_contra,
+        s2: S2_contra,
+        s3: S3_contra,
+        s4: S4_contra,
+        s5: S5_contra,
+        s6: S6_contra,
+        session: SS_contra,
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R_co: ...
+    @overload
+    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+
+
 class _Fn6_0(Protocol[S1_contra, S2_contra, S3_contra, S4_contra, S5_contra, S6_contra, P, PB, R_co]):
     @overload
     def __call__(
@@ -442,6 +750,50 @@ class _Fn6_0(Protocol[S1_contra, S2_contra, S3_contra, S4_contra, S5_contra, S6_
     ) -> R_co: ...
     @overload
     def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+
+
+class _Fn6_1S0(
+    Protocol[A0_contra, SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, S5_contra, S6_contra, P, PB, R_co]
+):
+    @overload
+    def __call__(
+        self,
+        a0: A0_contra,
+        session: SS_contra,
+        s1: S1_contra,
+        s2: S2_contra,
+        s3: S3_contra,
+        s4: S4_contra,
+        s5: S5_contra,
+        s6: S6_contra,
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R_co: ...
+    @overload
+    def __call__(self, a0: A0_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+
+
+class _Fn6_10S(
+    Protocol[A0_contra, SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, S5_contra, S6_contra, P, PB, R_co]
+):
+    @overload
+    def __call__(
+        self,
+        a0: A0_contra,
+        s1: S1_contra,
+        s2: S2_contra,
+        s3: S3_contra,
+        s4: S4_contra,
+        s5: S5_contra,
+        s6: S6_contra,
+        session: SS_contra,
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R_co: ...
+    @overload
+    def __call__(self, a0: A0_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
 class _Fn6_1(Protocol[A0_contra, S1_contra, S2_contra, S3_contra, S4_contra, S5_contra, S6_contra, P, PB, R_co]):
@@ -519,7 +871,15 @@ class _AnyDecorator:
 
 class _Decorator1(Generic[S1]):
     @overload
+    def __call__(self, fn: _Fn1_S0[SS, S1, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
+    @overload
+    def __call__(self, fn: _Fn1_0S[SS, S1, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
+    @overload
     def __call__(self, fn: _Fn1_0[S1, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
+    @overload
+    def __call__(self, fn: _Fn1_1S0[A0, SS, S1, P, PB, R], /) -> After1[A0, P, PB, R]: ...
+    @overload
+    def __call__(self, fn: _Fn1_10S[A0, SS, S1, P, PB, R], /) -> After1[A0, P, PB, R]: ...
     @overload
     def __call__(self, fn: _Fn1_1[A0, S1, P, PB, R], /) -> After1[A0, P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload
@@ -534,7 +894,15 @@ class _Decorator1(Generic[S1]):
 
 class _Decorator2(Generic[S1, S2]):
     @overload
+    def __call__(self, fn: _Fn2_S0[SS, S1, S2, P, PB, R], /) -> Bound[P, PB, R]: ...
+    @overload
+    def __call__(self, fn: _Fn2_0S[SS, S1, S2, P, PB, R], /) -> Bound[P, PB, R]: ...
+    @overload
     def __call__(self, fn: _Fn2_0[S1, S2, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
+    @overload
+    def __call__(self, fn: _Fn2_1S0[A0, SS, S1, S2, P, PB, R], /) -> After1[A0, P, PB, R]: ...
+    @overload
+    def __call__(self, fn: _Fn2_10S[A0, SS, S1, S2, P, PB, R], /) -> After1[A0, P, PB, R]: ...
     @overload
     def __call__(self, fn: _Fn2_1[A0, S1, S2, P, PB, R], /) -> After1[A0, P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload
@@ -549,7 +917,15 @@ class _Decorator2(Generic[S1, S2]):
 
 class _Decorator3(Generic[S1, S2, S3]):
     @overload
+    def __call__(self, fn: _Fn3_S0[SS, S1, S2, S3, P, PB, R], /) -> Bound[P, PB, R]: ...
+    @overload
+    def __call__(self, fn: _Fn3_0S[SS, S1, S2, S3, P, PB, R], /) -> Bound[P, PB, R]: ...
+    @overload
     def __call__(self, fn: _Fn3_0[S1, S2, S3, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
+    @overload
+    def __call__(self, fn: _Fn3_1S0[A0, SS, S1, S2, S3, P, PB, R], /) -> After1[A0, P, PB, R]: ...
+    @overload
+    def __call__(self, fn: _Fn3_10S[A0, SS, S1, S2, S3, P, PB, R], /) -> After1[A0, P, PB, R]: ...
     @overload
     def __call__(self, fn: _Fn3_1[A0, S1, S2, S3, P, PB, R], /) -> After1[A0, P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload
@@ -564,7 +940,15 @@ class _Decorator3(Generic[S1, S2, S3]):
 
 class _Decorator4(Generic[S1, S2, S3, S4]):
     @overload
+    def __call__(self, fn: _Fn4_S0[SS, S1, S2, S3, S4, P, PB, R], /) -> Bound[P, PB, R]: ...
+    @overload
+    def __call__(self, fn: _Fn4_0S[SS, S1, S2, S3, S4, P, PB, R], /) -> Bound[P, PB, R]: ...
+    @overload
     def __call__(self, fn: _Fn4_0[S1, S2, S3, S4, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
+    @overload
+    def __call__(self, fn: _Fn4_1S0[A0, SS, S1, S2, S3, S4, P, PB, R], /) -> After1[A0, P, PB, R]: ...
+    @overload
+    def __call__(self, fn: _Fn4_10S[A0, SS, S1, S2, S3, S4, P, PB, R], /) -> After1[A0, P, PB, R]: ...
     @overload
     def __call__(self, fn: _Fn4_1[A0, S1, S2, S3, S4, P, PB, R], /) -> After1[A0, P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload
@@ -579,7 +963,15 @@ class _Decorator4(Generic[S1, S2, S3, S4]):
 
 class _Decorator5(Generic[S1, S2, S3, S4, S5]):
     @overload
+    def __call__(self, fn: _Fn5_S0[SS, S1, S2, S3, S4, S5, P, PB, R], /) -> Bound[P, PB, R]: ...
+    @overload
+    def __call__(self, fn: _Fn5_0S[SS, S1, S2, S3, S4, S5, P, PB, R], /) -> Bound[P, PB, R]: ...
+    @overload
     def __call__(self, fn: _Fn5_0[S1, S2, S3, S4, S5, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
+    @overload
+    def __call__(self, fn: _Fn5_1S0[A0, SS, S1, S2, S3, S4, S5, P, PB, R], /) -> After1[A0, P, PB, R]: ...
+    @overload
+    def __call__(self, fn: _Fn5_10S[A0, SS, S1, S2, S3, S4, S5, P, PB, R], /) -> After1[A0, P, PB, R]: ...
     @overload
     def __call__(self, fn: _Fn5_1[A0, S1, S2, S3, S4, S5, P, PB, R], /) -> After1[A0, P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload
@@ -594,7 +986,15 @@ class _Decorator5(Generic[S1, S2, S3, S4, S5]):
 
 class _Decorator6(Generic[S1, S2, S3, S4, S5, S6]):
     @overload
+    def __call__(self, fn: _Fn6_S0[SS, S1, S2, S3, S4, S5, S6, P, PB, R], /) -> Bound[P, PB, R]: ...
+    @overload
+    def __call__(self, fn: _Fn6_0S[SS, S1, S2, S3, S4, S5, S6, P, PB, R], /) -> Bound[P, PB, R]: ...
+    @overload
     def __call__(self, fn: _Fn6_0[S1, S2, S3, S4, S5, S6, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
+    @overload
+    def __call__(self, fn: _Fn6_1S0[A0, SS, S1, S2, S3, S4, S5, S6, P, PB, R], /) -> After1[A0, P, PB, R]: ...
+    @overload
+    def __call__(self, fn: _Fn6_10S[A0, SS, S1, S2, S3, S4, S5, S6, P, PB, R], /) -> After1[A0, P, PB, R]: ...
     @overload
     def __call__(self, fn: _Fn6_1[A0, S1, S2, S3, S4, S5, S6, P, PB, R], /) -> After1[A0, P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload

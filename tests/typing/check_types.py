@@ -245,6 +245,42 @@ async def after_positional(session: AsyncSession) -> None:
     await trailing(user_id=5)  # type: ignore[call-overload]
 
 
+# -- a Session / AsyncSession parameter next to the services receives the unit's session: hidden too -------
+
+
+@uow.with_services(UserService)
+async def session_first(session: AsyncSession, users: UserService, user_id: int) -> str:
+    return str(user_id)
+
+
+@uow.with_services(SyncUserService, provide_clock)
+def session_after(users: SyncUserService, clock: Clock, session: Session, *, name: str) -> str:
+    return name
+
+
+class WithSession:
+    @uow.with_services(UserService)
+    async def session_then_services(self, session: AsyncSession, users: UserService, user_id: int) -> str:
+        return str(user_id)
+
+    @uow.with_services(UserService)
+    async def services_then_session(self, users: UserService, session: AsyncSession, user_id: int) -> str:
+        return str(user_id)
+
+
+async def sessions(session: AsyncSession) -> None:
+    assert_type(await session_first(5), str)
+    assert_type(session_after(name="x"), str)
+    assert_type(await WithSession().session_then_services(5), str)
+    assert_type(await WithSession().services_then_session(user_id=5), str)
+    assert_type(await session_first(5, session=session), str)
+    await session_first("5")  # type: ignore[call-overload]
+    session_after()  # type: ignore[call-overload]
+    session_after(name=1)  # type: ignore[call-overload]
+    await WithSession().session_then_services()  # type: ignore[call-overload]
+    await WithSession().services_then_session("5")  # type: ignore[call-overload]
+
+
 # -- what PEP 612 cannot express falls back to Callable[..., R]: calls type-check, the return type is kept ----
 
 
