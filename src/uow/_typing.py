@@ -17,10 +17,11 @@ one `__call__` overload of `_DecoratorN`:
 
 The overloads go from the most specific layout to the least: the first that matches wins.
 
-Each `_FnN_K` protocol captures a function twice, with the services removed (``P``) and with
-them (``PB``, the parameters after the first K), so the decorated function also accepts a
-service passed by keyword under its own name (how tests pass fakes), checked against the
-parameter's type. A call passing ``session=`` or ``connection=`` matches a looser overload: its
+Each `_FnN_<form>` protocol captures a function twice, with the services removed (``P``) and
+with them (``PB``: the parameters after the first K, and after a session before the services),
+so the decorated function also accepts a service passed by keyword under its own name (how tests
+pass fakes), checked against the parameter's type; not when the session comes after the services
+(it stays in ``PB``). A call passing ``session=`` or ``connection=`` matches a looser overload: its
 other arguments are not checked (PEP 612 cannot add a keyword to ``P``), its return type is kept.
 """
 
@@ -176,7 +177,7 @@ class _Fn1_S0(Protocol[SS_contra, S1_contra, P, PB, R_co]):
     @overload
     def __call__(self, session: SS_contra, s1: S1_contra, /, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
     @overload
-    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+    def __call__(self, session: SS_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
 class _Fn1_0S(Protocol[SS_contra, S1_contra, P, PB, R_co]):
@@ -199,7 +200,7 @@ class _Fn1_1S0(Protocol[A0_contra, SS_contra, S1_contra, P, PB, R_co]):
         self, a0: A0_contra, session: SS_contra, s1: S1_contra, /, *args: P.args, **kwargs: P.kwargs
     ) -> R_co: ...
     @overload
-    def __call__(self, a0: A0_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+    def __call__(self, a0: A0_contra, session: SS_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
 class _Fn1_10S(Protocol[A0_contra, SS_contra, S1_contra, P, PB, R_co]):
@@ -240,7 +241,7 @@ class _Fn2_S0(Protocol[SS_contra, S1_contra, S2_contra, P, PB, R_co]):
         self, session: SS_contra, s1: S1_contra, s2: S2_contra, /, *args: P.args, **kwargs: P.kwargs
     ) -> R_co: ...
     @overload
-    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+    def __call__(self, session: SS_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
 class _Fn2_0S(Protocol[SS_contra, S1_contra, S2_contra, P, PB, R_co]):
@@ -265,7 +266,7 @@ class _Fn2_1S0(Protocol[A0_contra, SS_contra, S1_contra, S2_contra, P, PB, R_co]
         self, a0: A0_contra, session: SS_contra, s1: S1_contra, s2: S2_contra, /, *args: P.args, **kwargs: P.kwargs
     ) -> R_co: ...
     @overload
-    def __call__(self, a0: A0_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+    def __call__(self, a0: A0_contra, session: SS_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
 class _Fn2_10S(Protocol[A0_contra, SS_contra, S1_contra, S2_contra, P, PB, R_co]):
@@ -316,7 +317,7 @@ class _Fn3_S0(Protocol[SS_contra, S1_contra, S2_contra, S3_contra, P, PB, R_co])
         self, session: SS_contra, s1: S1_contra, s2: S2_contra, s3: S3_contra, /, *args: P.args, **kwargs: P.kwargs
     ) -> R_co: ...
     @overload
-    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+    def __call__(self, session: SS_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
 class _Fn3_0S(Protocol[SS_contra, S1_contra, S2_contra, S3_contra, P, PB, R_co]):
@@ -349,7 +350,7 @@ class _Fn3_1S0(Protocol[A0_contra, SS_contra, S1_contra, S2_contra, S3_contra, P
         **kwargs: P.kwargs,
     ) -> R_co: ...
     @overload
-    def __call__(self, a0: A0_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+    def __call__(self, a0: A0_contra, session: SS_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
 class _Fn3_10S(Protocol[A0_contra, SS_contra, S1_contra, S2_contra, S3_contra, P, PB, R_co]):
@@ -427,7 +428,7 @@ class _Fn4_S0(Protocol[SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, P,
         **kwargs: P.kwargs,
     ) -> R_co: ...
     @overload
-    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+    def __call__(self, session: SS_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
 class _Fn4_0S(Protocol[SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, P, PB, R_co]):
@@ -471,7 +472,7 @@ class _Fn4_1S0(Protocol[A0_contra, SS_contra, S1_contra, S2_contra, S3_contra, S
         **kwargs: P.kwargs,
     ) -> R_co: ...
     @overload
-    def __call__(self, a0: A0_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+    def __call__(self, a0: A0_contra, session: SS_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
 class _Fn4_10S(Protocol[A0_contra, SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, P, PB, R_co]):
@@ -561,7 +562,7 @@ class _Fn5_S0(Protocol[SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, S5
         **kwargs: P.kwargs,
     ) -> R_co: ...
     @overload
-    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+    def __call__(self, session: SS_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
 class _Fn5_0S(Protocol[SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, S5_contra, P, PB, R_co]):
@@ -615,7 +616,7 @@ class _Fn5_1S0(Protocol[A0_contra, SS_contra, S1_contra, S2_contra, S3_contra, S
         **kwargs: P.kwargs,
     ) -> R_co: ...
     @overload
-    def __call__(self, a0: A0_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+    def __call__(self, a0: A0_contra, session: SS_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
 class _Fn5_10S(Protocol[A0_contra, SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, S5_contra, P, PB, R_co]):
@@ -712,7 +713,7 @@ class _Fn6_S0(Protocol[SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, S5
         **kwargs: P.kwargs,
     ) -> R_co: ...
     @overload
-    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+    def __call__(self, session: SS_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
 class _Fn6_0S(Protocol[SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, S5_contra, S6_contra, P, PB, R_co]):
@@ -771,7 +772,7 @@ class _Fn6_1S0(
         **kwargs: P.kwargs,
     ) -> R_co: ...
     @overload
-    def __call__(self, a0: A0_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
+    def __call__(self, a0: A0_contra, session: SS_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
 class _Fn6_10S(
@@ -871,7 +872,7 @@ class _AnyDecorator:
 
 class _Decorator1(Generic[S1]):
     @overload
-    def __call__(self, fn: _Fn1_S0[SS, S1, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
+    def __call__(self, fn: _Fn1_S0[SS, S1, P, PB, R], /) -> Bound[P, PB, R]: ...
     @overload
     def __call__(self, fn: _Fn1_0S[SS, S1, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload
@@ -896,7 +897,7 @@ class _Decorator2(Generic[S1, S2]):
     @overload
     def __call__(self, fn: _Fn2_S0[SS, S1, S2, P, PB, R], /) -> Bound[P, PB, R]: ...
     @overload
-    def __call__(self, fn: _Fn2_0S[SS, S1, S2, P, PB, R], /) -> Bound[P, PB, R]: ...
+    def __call__(self, fn: _Fn2_0S[SS, S1, S2, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload
     def __call__(self, fn: _Fn2_0[S1, S2, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload
@@ -919,7 +920,7 @@ class _Decorator3(Generic[S1, S2, S3]):
     @overload
     def __call__(self, fn: _Fn3_S0[SS, S1, S2, S3, P, PB, R], /) -> Bound[P, PB, R]: ...
     @overload
-    def __call__(self, fn: _Fn3_0S[SS, S1, S2, S3, P, PB, R], /) -> Bound[P, PB, R]: ...
+    def __call__(self, fn: _Fn3_0S[SS, S1, S2, S3, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload
     def __call__(self, fn: _Fn3_0[S1, S2, S3, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload
@@ -942,7 +943,7 @@ class _Decorator4(Generic[S1, S2, S3, S4]):
     @overload
     def __call__(self, fn: _Fn4_S0[SS, S1, S2, S3, S4, P, PB, R], /) -> Bound[P, PB, R]: ...
     @overload
-    def __call__(self, fn: _Fn4_0S[SS, S1, S2, S3, S4, P, PB, R], /) -> Bound[P, PB, R]: ...
+    def __call__(self, fn: _Fn4_0S[SS, S1, S2, S3, S4, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload
     def __call__(self, fn: _Fn4_0[S1, S2, S3, S4, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload
@@ -965,7 +966,7 @@ class _Decorator5(Generic[S1, S2, S3, S4, S5]):
     @overload
     def __call__(self, fn: _Fn5_S0[SS, S1, S2, S3, S4, S5, P, PB, R], /) -> Bound[P, PB, R]: ...
     @overload
-    def __call__(self, fn: _Fn5_0S[SS, S1, S2, S3, S4, S5, P, PB, R], /) -> Bound[P, PB, R]: ...
+    def __call__(self, fn: _Fn5_0S[SS, S1, S2, S3, S4, S5, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload
     def __call__(self, fn: _Fn5_0[S1, S2, S3, S4, S5, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload
@@ -988,7 +989,7 @@ class _Decorator6(Generic[S1, S2, S3, S4, S5, S6]):
     @overload
     def __call__(self, fn: _Fn6_S0[SS, S1, S2, S3, S4, S5, S6, P, PB, R], /) -> Bound[P, PB, R]: ...
     @overload
-    def __call__(self, fn: _Fn6_0S[SS, S1, S2, S3, S4, S5, S6, P, PB, R], /) -> Bound[P, PB, R]: ...
+    def __call__(self, fn: _Fn6_0S[SS, S1, S2, S3, S4, S5, S6, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload
     def __call__(self, fn: _Fn6_0[S1, S2, S3, S4, S5, S6, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload

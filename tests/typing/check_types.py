@@ -274,6 +274,9 @@ async def sessions(session: AsyncSession) -> None:
     assert_type(await WithSession().session_then_services(5), str)
     assert_type(await WithSession().services_then_session(user_id=5), str)
     assert_type(await session_first(5, session=session), str)
+    assert_type(await session_first(user_id=5, users=UserService(session)), str)
+    assert_type(await WithSession().session_then_services(user_id=5, users=UserService(session)), str)
+    await session_first(user_id=5, users=RoleService(session))  # type: ignore[call-overload]
     await session_first("5")  # type: ignore[call-overload]
     session_after()  # type: ignore[call-overload]
     session_after(name=1)  # type: ignore[call-overload]
