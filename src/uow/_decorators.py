@@ -10,7 +10,7 @@ import contextvars
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, Concatenate, Generic, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, TypeVar, Union, overload
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -20,15 +20,6 @@ from uow._database import Database
 from uow._inject import BOTH_SESSION_AND_CONNECTION, NO_SERVICES, decorate, resolve_connection
 from uow._providers import ServicePlan, build_async, build_sync, close_async, close_sync, plan_service
 from uow._retry import Retry
-from uow._typing import (
-    _AnyDecorator,
-    _Decorator1,
-    _Decorator2,
-    _Decorator3,
-    _Decorator4,
-    _Decorator5,
-    _Decorator6,
-)
 from uow._unit import (
     ActiveUnit,
     Propagation,
@@ -41,6 +32,17 @@ from uow._unit import (
     exit_sync,
 )
 from uow.errors import ConfigurationError, InjectionError
+
+if TYPE_CHECKING:  # typing only: the decorated functions are plain functions at run time
+    from uow._typing import (
+        _AnyDecorator,
+        _Decorator1,
+        _Decorator2,
+        _Decorator3,
+        _Decorator4,
+        _Decorator5,
+        _Decorator6,
+    )
 
 __all__ = ["ServicesContext", "UnitOfWork", "provide_services", "unit_of_work", "with_services"]
 
