@@ -235,3 +235,27 @@ async def test_service_passed_by_keyword_to_a_job(async_sqlite_db: uow.Database)
     await job({}, items=fake, name="a")
     assert fake.added == ["a"]
     assert await committed_async(async_sqlite_db) == []
+
+
+class Units:
+    @uow.unit_of_work()
+    def add(self, session: Session, name: str) -> bool:
+        session.add(Item(name=name))
+        return uow.current_session() is session
+
+    @uow.unit_of_work()
+    async def add_async(self, session: AsyncSession, *, name: str) -> bool:
+        session.add(Item(name=name))
+        return uow.current_session() is session
+
+
+def test_unit_of_work_method_gets_the_units_session(sqlite_db: uow.Database) -> None:
+    uow.configure(sqlite_db)
+    assert Units().add("a") is True
+    assert committed(sqlite_db) == ["a"]
+
+
+async def test_unit_of_work_async_method_gets_the_units_session(async_sqlite_db: uow.Database) -> None:
+    uow.configure(async_sqlite_db)
+    assert await Units().add_async(name="a") is True
+    assert await committed_async(async_sqlite_db) == ["a"]

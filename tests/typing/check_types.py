@@ -153,6 +153,7 @@ async def methods(session: AsyncSession, sync_session: Session) -> None:
     assert_type(await jobs.static(5), str)
     assert_type(await Jobs.static_outer(5), str)
     assert_type(await jobs.run(5, session=session), str)
+    assert_type(await jobs.run(5, connection=object()), str)
     assert_type(await jobs.run(user_id=5, users=UserService(session)), str)
     assert_type(jobs.sync_run(user_id=1, users=SyncUserService(sync_session), clock=Clock()), int)
     await jobs.run("five")  # type: ignore[call-overload]
@@ -188,6 +189,7 @@ async def jobs(session: AsyncSession) -> None:
     assert_type(await job({}, user_id=1), int)
     assert_type(sync_job({}, 1, note="x"), int)
     assert_type(await job({}, user_id=1, session=session), int)
+    assert_type(await job({}, user_id=1, connection=object()), int)
     assert_type(await job({}, users=UserService(session), user_id=1), int)
     await job({}, user_id="1")  # type: ignore[call-overload]
     await job({})  # type: ignore[call-overload]
@@ -319,11 +321,25 @@ async def with_session(session: AsyncSession, user_id: int) -> int:
     return user_id
 
 
+class Units:
+    @uow.unit_of_work()
+    def sync_method(self, session: Session, user_id: int) -> int:
+        return user_id
+
+    @uow.unit_of_work()
+    async def method(self, session: AsyncSession, *, user_id: int) -> int:
+        return user_id
+
+
 async def units() -> None:
     assert_type(bare(1, verbose=True), int)
     assert_type(await with_session(1), int)
+    assert_type(Units().sync_method(1), int)
+    assert_type(await Units().method(user_id=1), int)
     bare("1")  # type: ignore[arg-type]
     await with_session()  # type: ignore[call-arg]
+    Units().sync_method("1")  # type: ignore[arg-type]
+    await Units().method()  # type: ignore[call-arg]
 
 
 # -- provide_services: each element has its service's type --------------------------------------------
