@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import saq.types
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from typing_extensions import assert_type
@@ -99,6 +100,11 @@ async def saq_job(ctx: dict[str, object], *, user_id: int, users: UserService) -
 
 
 @uow.with_services(UserService)
+async def saq_positional(ctx: saq.types.Context, users: UserService, *, user_id: int) -> int:
+    return user_id
+
+
+@uow.with_services(UserService)
 async def arq_job(ctx: dict[Any, Any], users: UserService, *, user_id: int) -> int:
     return user_id
 
@@ -113,7 +119,9 @@ def with_session(clock: Clock, session: Session, users: SyncUserService, *, name
     return name
 
 
-async def beyond_pep_612(session: AsyncSession) -> None:
+async def beyond_pep_612(session: AsyncSession, saq_ctx: saq.types.Context) -> None:
+    assert_type(await saq_positional(saq_ctx, user_id=1), int)
+    await saq_positional(saq_ctx, user_id="1")  # type: ignore[arg-type]
     assert_type(await saq_job({}, user_id=1), int)
     assert_type(await saq_job({}, user_id=1, users=UserService(session)), int)
     assert_type(await arq_job({}, user_id=1), int)

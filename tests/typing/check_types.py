@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 import litestar
+import saq.types
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from typing_extensions import assert_type
@@ -185,7 +186,20 @@ def sync_job(ctx: dict[str, object], users: SyncUserService, user_id: int, note:
     return user_id
 
 
-async def jobs(session: AsyncSession) -> None:
+@uow.with_services(UserService)
+async def saq_job(ctx: saq.types.Context, users: UserService, *, user_id: int) -> dict[str, int]:
+    return {"user_id": user_id}
+
+
+async def jobs(session: AsyncSession, saq_ctx: saq.types.Context) -> None:
+    # mypy (not pyright) infers Any for a decorated function whose signature mentions Any, as SAQ's
+    # Context does: given an argument containing Any, its overload rule gives up when two overloads
+    # match (the exact one and the fallback). So these lines are errors for pyright only; the
+    # uow.mypy plugin makes mypy exact here (check_mypy_plugin.py).
+    result: dict[str, int] = await saq_job(saq_ctx, user_id=1)
+    await saq_job(saq_ctx, user_id="1")  # pyright: ignore[reportArgumentType]
+    await saq_job({"nope": 1}, user_id=1)  # pyright: ignore[reportArgumentType]
+    assert result
     assert_type(await job({}, user_id=1), int)
     assert_type(sync_job({}, 1, note="x"), int)
     assert_type(await job({}, user_id=1, session=session), int)
