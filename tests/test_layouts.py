@@ -9,6 +9,8 @@ open, and a service passed by keyword is used as is.
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -259,3 +261,10 @@ async def test_unit_of_work_async_method_gets_the_units_session(async_sqlite_db:
     uow.configure(async_sqlite_db)
     assert await Units().add_async(name="a") is True
     assert await committed_async(async_sqlite_db) == ["a"]
+
+
+def test_the_typing_layer_is_not_imported_at_run_time() -> None:
+    # uow._typing and the mypy plugin are for type checkers; `import uow` must not pay for them.
+    code = "import sys, uow; print(sorted(m for m in sys.modules if m in ('uow._typing', 'uow.mypy', 'mypy')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "[]"
