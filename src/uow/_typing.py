@@ -11,18 +11,19 @@ one `__call__` overload of `_DecoratorN`:
 - after 1-3 positional parameters (``self``, ``cls``, a job's ``ctx``, a command's options):
   ``(a, users, *rest)`` becomes `After1` ``(a, /, *rest)``, a descriptor that binds ``a`` like a
   method does (`Bound` once bound), and so on for `After2` / `After3`;
-- a ``Session``/``AsyncSession`` parameter right before or after the services (after ``self``
-  or first) receives the unit's session, so it is removed with them (`SS`);
+- a ``Session``/``AsyncSession`` parameter right before the services (first, or after ``self``)
+  receives the unit's session, so it is removed with them (`SS`). Not one right after them: a
+  parameter typed ``object`` or ``Any`` there would be taken for it, and pyright cannot tell;
 - anything else falls back to ``Callable[..., R]``: calls type-check and the return type is kept.
 
 The overloads go from the most specific layout to the least: the first that matches wins.
 
 Each `_FnN_<form>` protocol captures a function twice, with the services removed (``P``) and
-with them (``PB``: the parameters after the first K, and after a session before the services),
-so the decorated function also accepts a service passed by keyword under its own name (how tests
-pass fakes), checked against the parameter's type; not when the session comes after the services
-(it stays in ``PB``). A call passing ``session=`` or ``connection=`` matches a looser overload: its
-other arguments are not checked (PEP 612 cannot add a keyword to ``P``), its return type is kept.
+with them (``PB``: the parameters after the first K and a session before the services), so the
+decorated function also accepts a service passed by keyword under its own name (how tests pass
+fakes), checked against the parameter's type. A call passing ``session=`` or ``connection=``
+matches a looser overload: its other arguments are not checked (PEP 612 cannot add a keyword to
+``P``), its return type is kept.
 """
 
 # This module follows one regular pattern (N services x K leading parameters); keep it so.
@@ -180,13 +181,6 @@ class _Fn1_S0(Protocol[SS_contra, S1_contra, P, PB, R_co]):
     def __call__(self, session: SS_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
-class _Fn1_0S(Protocol[SS_contra, S1_contra, P, PB, R_co]):
-    @overload
-    def __call__(self, s1: S1_contra, session: SS_contra, /, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
-    @overload
-    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
-
-
 class _Fn1_0(Protocol[S1_contra, P, PB, R_co]):
     @overload
     def __call__(self, s1: S1_contra, /, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
@@ -201,15 +195,6 @@ class _Fn1_1S0(Protocol[A0_contra, SS_contra, S1_contra, P, PB, R_co]):
     ) -> R_co: ...
     @overload
     def __call__(self, a0: A0_contra, session: SS_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
-
-
-class _Fn1_10S(Protocol[A0_contra, SS_contra, S1_contra, P, PB, R_co]):
-    @overload
-    def __call__(
-        self, a0: A0_contra, s1: S1_contra, session: SS_contra, /, *args: P.args, **kwargs: P.kwargs
-    ) -> R_co: ...
-    @overload
-    def __call__(self, a0: A0_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
 class _Fn1_1(Protocol[A0_contra, S1_contra, P, PB, R_co]):
@@ -244,15 +229,6 @@ class _Fn2_S0(Protocol[SS_contra, S1_contra, S2_contra, P, PB, R_co]):
     def __call__(self, session: SS_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
-class _Fn2_0S(Protocol[SS_contra, S1_contra, S2_contra, P, PB, R_co]):
-    @overload
-    def __call__(
-        self, s1: S1_contra, s2: S2_contra, session: SS_contra, /, *args: P.args, **kwargs: P.kwargs
-    ) -> R_co: ...
-    @overload
-    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
-
-
 class _Fn2_0(Protocol[S1_contra, S2_contra, P, PB, R_co]):
     @overload
     def __call__(self, s1: S1_contra, s2: S2_contra, /, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
@@ -267,15 +243,6 @@ class _Fn2_1S0(Protocol[A0_contra, SS_contra, S1_contra, S2_contra, P, PB, R_co]
     ) -> R_co: ...
     @overload
     def __call__(self, a0: A0_contra, session: SS_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
-
-
-class _Fn2_10S(Protocol[A0_contra, SS_contra, S1_contra, S2_contra, P, PB, R_co]):
-    @overload
-    def __call__(
-        self, a0: A0_contra, s1: S1_contra, s2: S2_contra, session: SS_contra, /, *args: P.args, **kwargs: P.kwargs
-    ) -> R_co: ...
-    @overload
-    def __call__(self, a0: A0_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
 class _Fn2_1(Protocol[A0_contra, S1_contra, S2_contra, P, PB, R_co]):
@@ -320,15 +287,6 @@ class _Fn3_S0(Protocol[SS_contra, S1_contra, S2_contra, S3_contra, P, PB, R_co])
     def __call__(self, session: SS_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
-class _Fn3_0S(Protocol[SS_contra, S1_contra, S2_contra, S3_contra, P, PB, R_co]):
-    @overload
-    def __call__(
-        self, s1: S1_contra, s2: S2_contra, s3: S3_contra, session: SS_contra, /, *args: P.args, **kwargs: P.kwargs
-    ) -> R_co: ...
-    @overload
-    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
-
-
 class _Fn3_0(Protocol[S1_contra, S2_contra, S3_contra, P, PB, R_co]):
     @overload
     def __call__(self, s1: S1_contra, s2: S2_contra, s3: S3_contra, /, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
@@ -351,23 +309,6 @@ class _Fn3_1S0(Protocol[A0_contra, SS_contra, S1_contra, S2_contra, S3_contra, P
     ) -> R_co: ...
     @overload
     def __call__(self, a0: A0_contra, session: SS_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
-
-
-class _Fn3_10S(Protocol[A0_contra, SS_contra, S1_contra, S2_contra, S3_contra, P, PB, R_co]):
-    @overload
-    def __call__(
-        self,
-        a0: A0_contra,
-        s1: S1_contra,
-        s2: S2_contra,
-        s3: S3_contra,
-        session: SS_contra,
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> R_co: ...
-    @overload
-    def __call__(self, a0: A0_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
 class _Fn3_1(Protocol[A0_contra, S1_contra, S2_contra, S3_contra, P, PB, R_co]):
@@ -431,23 +372,6 @@ class _Fn4_S0(Protocol[SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, P,
     def __call__(self, session: SS_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
-class _Fn4_0S(Protocol[SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, P, PB, R_co]):
-    @overload
-    def __call__(
-        self,
-        s1: S1_contra,
-        s2: S2_contra,
-        s3: S3_contra,
-        s4: S4_contra,
-        session: SS_contra,
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> R_co: ...
-    @overload
-    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
-
-
 class _Fn4_0(Protocol[S1_contra, S2_contra, S3_contra, S4_contra, P, PB, R_co]):
     @overload
     def __call__(
@@ -473,24 +397,6 @@ class _Fn4_1S0(Protocol[A0_contra, SS_contra, S1_contra, S2_contra, S3_contra, S
     ) -> R_co: ...
     @overload
     def __call__(self, a0: A0_contra, session: SS_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
-
-
-class _Fn4_10S(Protocol[A0_contra, SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, P, PB, R_co]):
-    @overload
-    def __call__(
-        self,
-        a0: A0_contra,
-        s1: S1_contra,
-        s2: S2_contra,
-        s3: S3_contra,
-        s4: S4_contra,
-        session: SS_contra,
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> R_co: ...
-    @overload
-    def __call__(self, a0: A0_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
 class _Fn4_1(Protocol[A0_contra, S1_contra, S2_contra, S3_contra, S4_contra, P, PB, R_co]):
@@ -565,24 +471,6 @@ class _Fn5_S0(Protocol[SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, S5
     def __call__(self, session: SS_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
-class _Fn5_0S(Protocol[SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, S5_contra, P, PB, R_co]):
-    @overload
-    def __call__(
-        self,
-        s1: S1_contra,
-        s2: S2_contra,
-        s3: S3_contra,
-        s4: S4_contra,
-        s5: S5_contra,
-        session: SS_contra,
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> R_co: ...
-    @overload
-    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
-
-
 class _Fn5_0(Protocol[S1_contra, S2_contra, S3_contra, S4_contra, S5_contra, P, PB, R_co]):
     @overload
     def __call__(
@@ -617,25 +505,6 @@ class _Fn5_1S0(Protocol[A0_contra, SS_contra, S1_contra, S2_contra, S3_contra, S
     ) -> R_co: ...
     @overload
     def __call__(self, a0: A0_contra, session: SS_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
-
-
-class _Fn5_10S(Protocol[A0_contra, SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, S5_contra, P, PB, R_co]):
-    @overload
-    def __call__(
-        self,
-        a0: A0_contra,
-        s1: S1_contra,
-        s2: S2_contra,
-        s3: S3_contra,
-        s4: S4_contra,
-        s5: S5_contra,
-        session: SS_contra,
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> R_co: ...
-    @overload
-    def __call__(self, a0: A0_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
 class _Fn5_1(Protocol[A0_contra, S1_contra, S2_contra, S3_contra, S4_contra, S5_contra, P, PB, R_co]):
@@ -716,25 +585,6 @@ class _Fn6_S0(Protocol[SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, S5
     def __call__(self, session: SS_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
-class _Fn6_0S(Protocol[SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, S5_contra, S6_contra, P, PB, R_co]):
-    @overload
-    def __call__(
-        self,
-        s1: S1_contra,
-        s2: S2_contra,
-        s3: S3_contra,
-        s4: S4_contra,
-        s5: S5_contra,
-        s6: S6_contra,
-        session: SS_contra,
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> R_co: ...
-    @overload
-    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
-
-
 class _Fn6_0(Protocol[S1_contra, S2_contra, S3_contra, S4_contra, S5_contra, S6_contra, P, PB, R_co]):
     @overload
     def __call__(
@@ -773,28 +623,6 @@ class _Fn6_1S0(
     ) -> R_co: ...
     @overload
     def __call__(self, a0: A0_contra, session: SS_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
-
-
-class _Fn6_10S(
-    Protocol[A0_contra, SS_contra, S1_contra, S2_contra, S3_contra, S4_contra, S5_contra, S6_contra, P, PB, R_co]
-):
-    @overload
-    def __call__(
-        self,
-        a0: A0_contra,
-        s1: S1_contra,
-        s2: S2_contra,
-        s3: S3_contra,
-        s4: S4_contra,
-        s5: S5_contra,
-        s6: S6_contra,
-        session: SS_contra,
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
-    ) -> R_co: ...
-    @overload
-    def __call__(self, a0: A0_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
 class _Fn6_1(Protocol[A0_contra, S1_contra, S2_contra, S3_contra, S4_contra, S5_contra, S6_contra, P, PB, R_co]):
@@ -874,13 +702,9 @@ class _Decorator1(Generic[S1]):
     @overload
     def __call__(self, fn: _Fn1_S0[SS, S1, P, PB, R], /) -> Bound[P, PB, R]: ...
     @overload
-    def __call__(self, fn: _Fn1_0S[SS, S1, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
-    @overload
     def __call__(self, fn: _Fn1_0[S1, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload
     def __call__(self, fn: _Fn1_1S0[A0, SS, S1, P, PB, R], /) -> After1[A0, P, PB, R]: ...
-    @overload
-    def __call__(self, fn: _Fn1_10S[A0, SS, S1, P, PB, R], /) -> After1[A0, P, PB, R]: ...
     @overload
     def __call__(self, fn: _Fn1_1[A0, S1, P, PB, R], /) -> After1[A0, P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload
@@ -897,13 +721,9 @@ class _Decorator2(Generic[S1, S2]):
     @overload
     def __call__(self, fn: _Fn2_S0[SS, S1, S2, P, PB, R], /) -> Bound[P, PB, R]: ...
     @overload
-    def __call__(self, fn: _Fn2_0S[SS, S1, S2, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
-    @overload
     def __call__(self, fn: _Fn2_0[S1, S2, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload
     def __call__(self, fn: _Fn2_1S0[A0, SS, S1, S2, P, PB, R], /) -> After1[A0, P, PB, R]: ...
-    @overload
-    def __call__(self, fn: _Fn2_10S[A0, SS, S1, S2, P, PB, R], /) -> After1[A0, P, PB, R]: ...
     @overload
     def __call__(self, fn: _Fn2_1[A0, S1, S2, P, PB, R], /) -> After1[A0, P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload
@@ -920,13 +740,9 @@ class _Decorator3(Generic[S1, S2, S3]):
     @overload
     def __call__(self, fn: _Fn3_S0[SS, S1, S2, S3, P, PB, R], /) -> Bound[P, PB, R]: ...
     @overload
-    def __call__(self, fn: _Fn3_0S[SS, S1, S2, S3, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
-    @overload
     def __call__(self, fn: _Fn3_0[S1, S2, S3, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload
     def __call__(self, fn: _Fn3_1S0[A0, SS, S1, S2, S3, P, PB, R], /) -> After1[A0, P, PB, R]: ...
-    @overload
-    def __call__(self, fn: _Fn3_10S[A0, SS, S1, S2, S3, P, PB, R], /) -> After1[A0, P, PB, R]: ...
     @overload
     def __call__(self, fn: _Fn3_1[A0, S1, S2, S3, P, PB, R], /) -> After1[A0, P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload
@@ -943,13 +759,9 @@ class _Decorator4(Generic[S1, S2, S3, S4]):
     @overload
     def __call__(self, fn: _Fn4_S0[SS, S1, S2, S3, S4, P, PB, R], /) -> Bound[P, PB, R]: ...
     @overload
-    def __call__(self, fn: _Fn4_0S[SS, S1, S2, S3, S4, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
-    @overload
     def __call__(self, fn: _Fn4_0[S1, S2, S3, S4, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload
     def __call__(self, fn: _Fn4_1S0[A0, SS, S1, S2, S3, S4, P, PB, R], /) -> After1[A0, P, PB, R]: ...
-    @overload
-    def __call__(self, fn: _Fn4_10S[A0, SS, S1, S2, S3, S4, P, PB, R], /) -> After1[A0, P, PB, R]: ...
     @overload
     def __call__(self, fn: _Fn4_1[A0, S1, S2, S3, S4, P, PB, R], /) -> After1[A0, P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload
@@ -966,13 +778,9 @@ class _Decorator5(Generic[S1, S2, S3, S4, S5]):
     @overload
     def __call__(self, fn: _Fn5_S0[SS, S1, S2, S3, S4, S5, P, PB, R], /) -> Bound[P, PB, R]: ...
     @overload
-    def __call__(self, fn: _Fn5_0S[SS, S1, S2, S3, S4, S5, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
-    @overload
     def __call__(self, fn: _Fn5_0[S1, S2, S3, S4, S5, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload
     def __call__(self, fn: _Fn5_1S0[A0, SS, S1, S2, S3, S4, S5, P, PB, R], /) -> After1[A0, P, PB, R]: ...
-    @overload
-    def __call__(self, fn: _Fn5_10S[A0, SS, S1, S2, S3, S4, S5, P, PB, R], /) -> After1[A0, P, PB, R]: ...
     @overload
     def __call__(self, fn: _Fn5_1[A0, S1, S2, S3, S4, S5, P, PB, R], /) -> After1[A0, P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload
@@ -989,13 +797,9 @@ class _Decorator6(Generic[S1, S2, S3, S4, S5, S6]):
     @overload
     def __call__(self, fn: _Fn6_S0[SS, S1, S2, S3, S4, S5, S6, P, PB, R], /) -> Bound[P, PB, R]: ...
     @overload
-    def __call__(self, fn: _Fn6_0S[SS, S1, S2, S3, S4, S5, S6, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
-    @overload
     def __call__(self, fn: _Fn6_0[S1, S2, S3, S4, S5, S6, P, PB, R], /) -> Bound[P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload
     def __call__(self, fn: _Fn6_1S0[A0, SS, S1, S2, S3, S4, S5, S6, P, PB, R], /) -> After1[A0, P, PB, R]: ...
-    @overload
-    def __call__(self, fn: _Fn6_10S[A0, SS, S1, S2, S3, S4, S5, S6, P, PB, R], /) -> After1[A0, P, PB, R]: ...
     @overload
     def __call__(self, fn: _Fn6_1[A0, S1, S2, S3, S4, S5, S6, P, PB, R], /) -> After1[A0, P, PB, R]: ...  # type: ignore[overload-overlap]
     @overload

@@ -274,30 +274,32 @@ def session_after(users: SyncUserService, clock: Clock, session: Session, *, nam
     return name
 
 
+@uow.with_services(SyncUserService)
+def object_after(users: SyncUserService, payload: object, count: int) -> int:
+    return 1
+
+
 class WithSession:
     @uow.with_services(UserService)
     async def session_then_services(self, session: AsyncSession, users: UserService, user_id: int) -> str:
         return str(user_id)
 
-    @uow.with_services(UserService)
-    async def services_then_session(self, users: UserService, session: AsyncSession, user_id: int) -> str:
-        return str(user_id)
-
 
 async def sessions(session: AsyncSession) -> None:
     assert_type(await session_first(5), str)
-    assert_type(session_after(name="x"), str)
     assert_type(await WithSession().session_then_services(5), str)
-    assert_type(await WithSession().services_then_session(user_id=5), str)
+    # Only a session before the services is taken away: one after them stays for the caller to pass
+    # (an `object` or `Any` parameter there must not be mistaken for it).
+    assert_type(session_after(Session(), name="x"), str)
+    assert_type(object_after(1, 2), int)
+    session_after(name="x")  # type: ignore[call-overload]
+    object_after()  # type: ignore[call-overload]
     assert_type(await session_first(5, session=session), str)
     assert_type(await session_first(user_id=5, users=UserService(session)), str)
     assert_type(await WithSession().session_then_services(user_id=5, users=UserService(session)), str)
     await session_first(user_id=5, users=RoleService(session))  # type: ignore[call-overload]
     await session_first("5")  # type: ignore[call-overload]
-    session_after()  # type: ignore[call-overload]
-    session_after(name=1)  # type: ignore[call-overload]
     await WithSession().session_then_services()  # type: ignore[call-overload]
-    await WithSession().services_then_session("5")  # type: ignore[call-overload]
 
 
 # -- what PEP 612 cannot express falls back to Callable[..., R]: calls type-check, the return type is kept ----
