@@ -119,7 +119,14 @@ def with_session(clock: Clock, session: Session, users: SyncUserService, *, name
     return name
 
 
+@uow.with_services(UserService)
+async def object_before(x: int, data: object, users: UserService) -> dict[str, Any]:
+    return {}
+
+
 async def beyond_pep_612(session: AsyncSession, saq_ctx: saq.types.Context) -> None:
+    assert_type(await object_before(1, object()), dict[str, Any])
+    await object_before(1)  # type: ignore[call-arg]
     assert_type(await saq_positional(saq_ctx, user_id=1), int)
     await saq_positional(saq_ctx, user_id="1")  # type: ignore[arg-type]
     assert_type(await saq_job({}, user_id=1), int)
