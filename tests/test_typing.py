@@ -1,6 +1,6 @@
 """Type checkers see decorated functions the way DESIGN.md promises: tests/typing/ checked by mypy --strict and pyright.
 
-The checked file is never imported or collected by pytest; its ``assert_type`` calls and its
+The checked files are never imported or collected by pytest; its ``assert_type`` calls and its
 ``# type: ignore`` comments (each must be needed) are the assertions.
 """
 
@@ -13,6 +13,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKED = ROOT / "tests" / "typing" / "check_types.py"
+PLUGIN_CHECKED = ROOT / "tests" / "typing" / "check_mypy_plugin.py"
+PLUGIN_CONFIG = ROOT / "tests" / "typing" / "mypy_plugin.ini"
 
 
 def _run(*command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -30,6 +32,19 @@ def _run(*command: str, env: dict[str, str] | None = None) -> subprocess.Complet
 def test_mypy_strict() -> None:
     # MYPYPATH puts this checkout's src/ ahead of whatever uow the environment has installed.
     result = _run("mypy", "--strict", str(CHECKED.relative_to(ROOT)), env={"MYPYPATH": str(ROOT / "src")})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Success: no issues found in 1 source file" in result.stdout
+
+
+def test_mypy_strict_with_the_plugin() -> None:
+    # The plugin is imported by mypy itself: from this checkout, which the environment has installed editable.
+    result = _run(
+        "mypy",
+        "--config-file",
+        str(PLUGIN_CONFIG.relative_to(ROOT)),
+        str(PLUGIN_CHECKED.relative_to(ROOT)),
+        env={"MYPYPATH": str(ROOT / "src")},
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Success: no issues found in 1 source file" in result.stdout
 

@@ -1,7 +1,7 @@
 """The public decorators and context managers: `with_services`, `unit_of_work`, `provide_services`.
 
-The overloads below only teach type checkers the shapes; at run time every form is the
-same small object (`_ServicesDecorator`, `UnitOfWork`, `ServicesContext`).
+The overloads below (and `uow._typing`) only teach type checkers the shapes; at run time every
+form is the same small object (`_ServicesDecorator`, `UnitOfWork`, `ServicesContext`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import contextvars
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, Concatenate, Generic, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, TypeVar, Union, overload
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -33,6 +33,17 @@ from uow._unit import (
 )
 from uow.errors import ConfigurationError, InjectionError
 
+if TYPE_CHECKING:  # typing only: the decorated functions are plain functions at run time
+    from uow._typing import (
+        _AnyDecorator,
+        _Decorator1,
+        _Decorator2,
+        _Decorator3,
+        _Decorator4,
+        _Decorator5,
+        _Decorator6,
+    )
+
 __all__ = ["ServicesContext", "UnitOfWork", "provide_services", "unit_of_work", "with_services"]
 
 P = ParamSpec("P")
@@ -50,67 +61,6 @@ ServiceSpec = Union[type[T], Callable[..., AsyncIterator[T]], Callable[..., Iter
 """A service class, or a provider taking the session and returning/yielding the service."""
 
 PropagationArg = Union[Propagation, str]
-
-
-class _AnyDecorator:
-    """Typing of a decorator whose services type checkers could not follow: the return type is kept."""
-
-    def __call__(self, fn: Callable[..., R], /) -> Callable[..., R]:
-        raise NotImplementedError
-
-
-class _Decorator1(Generic[S1]):
-    @overload
-    def __call__(self, fn: Callable[Concatenate[S1, P], R], /) -> Callable[P, R]: ...
-    @overload
-    def __call__(self, fn: Callable[..., R], /) -> Callable[..., R]: ...
-    def __call__(self, fn: Any, /) -> Any:
-        raise NotImplementedError
-
-
-class _Decorator2(Generic[S1, S2]):
-    @overload
-    def __call__(self, fn: Callable[Concatenate[S1, S2, P], R], /) -> Callable[P, R]: ...
-    @overload
-    def __call__(self, fn: Callable[..., R], /) -> Callable[..., R]: ...
-    def __call__(self, fn: Any, /) -> Any:
-        raise NotImplementedError
-
-
-class _Decorator3(Generic[S1, S2, S3]):
-    @overload
-    def __call__(self, fn: Callable[Concatenate[S1, S2, S3, P], R], /) -> Callable[P, R]: ...
-    @overload
-    def __call__(self, fn: Callable[..., R], /) -> Callable[..., R]: ...
-    def __call__(self, fn: Any, /) -> Any:
-        raise NotImplementedError
-
-
-class _Decorator4(Generic[S1, S2, S3, S4]):
-    @overload
-    def __call__(self, fn: Callable[Concatenate[S1, S2, S3, S4, P], R], /) -> Callable[P, R]: ...
-    @overload
-    def __call__(self, fn: Callable[..., R], /) -> Callable[..., R]: ...
-    def __call__(self, fn: Any, /) -> Any:
-        raise NotImplementedError
-
-
-class _Decorator5(Generic[S1, S2, S3, S4, S5]):
-    @overload
-    def __call__(self, fn: Callable[Concatenate[S1, S2, S3, S4, S5, P], R], /) -> Callable[P, R]: ...
-    @overload
-    def __call__(self, fn: Callable[..., R], /) -> Callable[..., R]: ...
-    def __call__(self, fn: Any, /) -> Any:
-        raise NotImplementedError
-
-
-class _Decorator6(Generic[S1, S2, S3, S4, S5, S6]):
-    @overload
-    def __call__(self, fn: Callable[Concatenate[S1, S2, S3, S4, S5, S6, P], R], /) -> Callable[P, R]: ...
-    @overload
-    def __call__(self, fn: Callable[..., R], /) -> Callable[..., R]: ...
-    def __call__(self, fn: Any, /) -> Any:
-        raise NotImplementedError
 
 
 @overload
@@ -315,6 +265,11 @@ class UnitOfWork:
     def __call__(self, fn: Callable[Concatenate[Session, P], R], /) -> Callable[P, R]: ...
     @overload
     def __call__(self, fn: Callable[Concatenate[AsyncSession, P], R], /) -> Callable[P, R]: ...
+    # The session after `self` / `cls` / a job's `ctx`: that parameter becomes positional-only to checkers.
+    @overload
+    def __call__(self, fn: Callable[Concatenate[T, Session, P], R], /) -> Callable[Concatenate[T, P], R]: ...
+    @overload
+    def __call__(self, fn: Callable[Concatenate[T, AsyncSession, P], R], /) -> Callable[Concatenate[T, P], R]: ...
     @overload
     def __call__(self, fn: Callable[P, R], /) -> Callable[P, R]: ...
     def __call__(self, fn: Callable[..., R], /) -> Callable[..., R]:

@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
+import click
+import litestar
+import saq.types
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from typing_extensions import assert_type
@@ -71,21 +74,177 @@ async def from_providers(users: UserService, roles: RoleService, name: str) -> l
     return [name]
 
 
-async def calls() -> None:
+async def calls(session: AsyncSession, sync_session: Session) -> None:
     assert_type(await create_default_roles(5), str)
     assert_type(await create_default_roles(user_id=5), str)
     assert_type(sync_leading(1), int)
     assert_type(sync_leading(1, verbose=True), int)
     assert_type(await from_providers("x"), list[str])
-    # ...and not the Callable[..., R] fallback: wrong calls are errors, the services cannot be passed positionally.
-    await create_default_roles("five")  # type: ignore[arg-type]
-    await create_default_roles(UserService(AsyncSession()), RoleService(AsyncSession()), 5)  # type: ignore[call-arg, arg-type]
-    sync_leading()  # type: ignore[call-arg]
-    sync_leading(1, verbose="yes")  # type: ignore[arg-type]
-    await from_providers(1)  # type: ignore[arg-type]
+    # ...and not the Callable[..., R] fallback: wrong, missing and unknown arguments are errors.
+    await create_default_roles("five")  # type: ignore[call-overload]
+    await create_default_roles()  # type: ignore[call-overload]
+    await create_default_roles(5, user=1)  # type: ignore[call-overload]
+    sync_leading()  # type: ignore[call-overload]
+    sync_leading(1, verbose="yes")  # type: ignore[call-overload]
+    await from_providers(1)  # type: ignore[call-overload]
+    # A caller's session (its other arguments are not checked), or a service by keyword, checked by type.
+    assert_type(await create_default_roles(5, session=session), str)
+    assert_type(sync_leading(1, session=sync_session), int)
+    fake = RoleService(session)
+    assert_type(await create_default_roles(user_id=5, users=UserService(session), roles=fake), str)
+    await create_default_roles(user_id=5, users=UserService(session), roles="fake")  # type: ignore[call-overload]
 
 
-# -- any other layout: calls still type-check and the return type is kept ----------------------------
+# -- methods: services after `self` (a service class's method, a Litestar controller's handler) ----------
+
+
+class Jobs:
+    @uow.with_services(UserService)
+    async def run(self, users: UserService, user_id: int) -> str:
+        return str(user_id)
+
+    @uow.with_services(SyncUserService, provide_clock)
+    def sync_run(self, users: SyncUserService, clock: Clock, *, user_id: int) -> int:
+        return user_id
+
+    @classmethod
+    @uow.with_services(UserService)
+    async def for_class(cls, users: UserService, user_id: int) -> str:
+        return cls.__name__
+
+    @uow.with_services(UserService)  # above @classmethod works the same
+    @classmethod
+    async def for_class_outer(cls, users: UserService, user_id: int) -> str:
+        return cls.__name__
+
+    @staticmethod
+    @uow.with_services(UserService)
+    async def static(users: UserService, user_id: int) -> str:
+        return str(user_id)
+
+    @uow.with_services(UserService)
+    @staticmethod
+    async def static_outer(user_id: int, users: UserService) -> str:
+        return str(user_id)
+
+
+class TodoController(litestar.Controller):
+    path = "/todos"
+
+    @litestar.get("/{todo_id:int}")
+    @uow.with_services(UserService)
+    async def get_todo(self, users: UserService, todo_id: int) -> dict[str, int]:
+        return {"id": todo_id}
+
+    @uow.with_services(UserService)
+    async def helper(self, users: UserService, todo_id: int) -> int:
+        return todo_id
+
+
+async def methods(session: AsyncSession, sync_session: Session) -> None:
+    jobs = Jobs()
+    assert_type(await jobs.run(5), str)
+    assert_type(await jobs.run(user_id=5), str)
+    assert_type(await Jobs.run(jobs, 5), str)
+    assert_type(jobs.sync_run(user_id=1), int)
+    assert_type(await Jobs.for_class(5), str)
+    assert_type(await jobs.for_class(5), str)
+    assert_type(await Jobs.for_class_outer(5), str)
+    assert_type(await Jobs.static(5), str)
+    assert_type(await jobs.static(5), str)
+    assert_type(await Jobs.static_outer(5), str)
+    assert_type(await jobs.run(5, session=session), str)
+    assert_type(await jobs.run(5, connection=object()), str)
+    assert_type(await jobs.run(user_id=5, users=UserService(session)), str)
+    assert_type(jobs.sync_run(user_id=1, users=SyncUserService(sync_session), clock=Clock()), int)
+    await jobs.run("five")  # type: ignore[call-overload]
+    await jobs.run()  # type: ignore[call-overload]
+    await jobs.run(5, extra=1)  # type: ignore[call-overload]
+    await jobs.run(user_id=5, users=RoleService(session))  # type: ignore[call-overload]
+    await Jobs.run(5)  # type: ignore[call-overload]
+    jobs.sync_run(1)  # type: ignore[call-overload]
+    jobs.sync_run(user_id="1")  # type: ignore[call-overload]
+    await Jobs.for_class("five")  # type: ignore[call-overload]
+    await jobs.for_class()  # type: ignore[call-overload]
+    await Jobs.for_class_outer("five")  # type: ignore[call-overload]
+    await Jobs.static("five")  # type: ignore[call-overload]
+    await Jobs.static_outer(5, 6)  # type: ignore[call-overload]
+    assert_type(await TodoController(owner=litestar.Router("/", route_handlers=[])).helper(3), int)
+    await TodoController(owner=litestar.Router("/", route_handlers=[])).helper("3")  # type: ignore[call-overload]
+
+
+# -- jobs: the runner's `ctx` first (SAQ, arq), then the services, then the job's own arguments ---------------
+
+
+@uow.with_services(UserService)
+async def job(ctx: dict[str, object], users: UserService, *, user_id: int) -> int:
+    return user_id
+
+
+@uow.with_services(SyncUserService)
+def sync_job(ctx: dict[str, object], users: SyncUserService, user_id: int, note: str = "") -> int:
+    return user_id
+
+
+@uow.with_services(UserService)
+async def saq_job(ctx: saq.types.Context, users: UserService, *, user_id: int) -> dict[str, int]:
+    return {"user_id": user_id}
+
+
+async def jobs(session: AsyncSession, saq_ctx: saq.types.Context) -> None:
+    # mypy (not pyright) infers Any for a decorated function whose signature mentions Any, as SAQ's
+    # Context does: given an argument containing Any, its overload rule gives up when two overloads
+    # match (the exact one and the fallback). So these lines are errors for pyright only; the
+    # uow.mypy plugin makes mypy exact here (check_mypy_plugin.py).
+    result: dict[str, int] = await saq_job(saq_ctx, user_id=1)
+    await saq_job(saq_ctx, user_id="1")  # pyright: ignore[reportArgumentType]
+    await saq_job({"nope": 1}, user_id=1)  # pyright: ignore[reportArgumentType]
+    assert result
+    assert_type(await job({}, user_id=1), int)
+    assert_type(sync_job({}, 1, note="x"), int)
+    assert_type(await job({}, user_id=1, session=session), int)
+    assert_type(await job({}, user_id=1, connection=object()), int)
+    assert_type(await job({}, users=UserService(session), user_id=1), int)
+    await job({}, user_id="1")  # type: ignore[call-overload]
+    await job({})  # type: ignore[call-overload]
+    await job({}, user_id=1, retries=3)  # type: ignore[call-overload]
+    await job(user_id=1)  # type: ignore[call-overload]
+    sync_job({}, "1")  # type: ignore[call-overload]
+
+
+# -- commands: options first (click, typer), then the services -------------------------------------------
+
+
+@uow.with_services(SyncUserService)
+def add_user(name: str, admin: bool, users: SyncUserService, *, quiet: bool = False) -> str:
+    return name
+
+
+@click.command()
+@click.option("--name")
+@uow.with_services(SyncUserService)
+def click_command(name: str, users: SyncUserService) -> None:
+    pass
+
+
+@uow.with_services(SyncUserService, provide_clock)
+def three_first(a: int, b: int, c: int, users: SyncUserService, clock: Clock) -> int:
+    return a + b + c
+
+
+def commands(sync_session: Session) -> None:
+    assert_type(add_user("ann", True), str)
+    assert_type(add_user("ann", False, quiet=True), str)
+    assert_type(add_user("ann", True, session=sync_session), str)
+    assert_type(three_first(1, 2, 3), int)
+    assert_type(click_command, click.Command)
+    add_user("ann")  # type: ignore[call-overload]
+    add_user("ann", "yes")  # type: ignore[call-overload]
+    add_user("ann", True, loud=True)  # type: ignore[call-overload]
+    three_first(1, 2, "3")  # type: ignore[call-overload]
+
+
+# -- services after positional parameters ----------------------------------------------------------------
 
 
 @uow.with_services(UserService)
@@ -93,17 +252,110 @@ async def trailing(user_id: int, users: UserService) -> str:
     return str(user_id)
 
 
+async def after_positional(session: AsyncSession) -> None:
+    assert_type(await trailing(5), str)
+    assert_type(await trailing(5, users=UserService(session)), str)
+    await trailing("5")  # type: ignore[call-overload]
+    await trailing()  # type: ignore[call-overload]
+    # The parameters before the services are positional-only to the checkers (PEP 612).
+    await trailing(user_id=5)  # type: ignore[call-overload]
+
+
+# -- a Session / AsyncSession parameter next to the services receives the unit's session: hidden too -------
+
+
+@uow.with_services(UserService)
+async def session_first(session: AsyncSession, users: UserService, user_id: int) -> str:
+    return str(user_id)
+
+
+@uow.with_services(SyncUserService, provide_clock)
+def session_after(users: SyncUserService, clock: Clock, session: Session, *, name: str) -> str:
+    return name
+
+
+@uow.with_services(SyncUserService)
+def object_after(users: SyncUserService, payload: object, count: int) -> int:
+    return 1
+
+
+class WithSession:
+    @uow.with_services(UserService)
+    async def session_then_services(self, session: AsyncSession, users: UserService, user_id: int) -> str:
+        return str(user_id)
+
+
+async def sessions(session: AsyncSession) -> None:
+    assert_type(await session_first(5), str)
+    assert_type(await WithSession().session_then_services(5), str)
+    # Only a session before the services is taken away: one after them stays for the caller to pass
+    # (an `object` or `Any` parameter there must not be mistaken for it).
+    assert_type(session_after(Session(), name="x"), str)
+    assert_type(object_after(1, 2), int)
+    session_after(name="x")  # type: ignore[call-overload]
+    object_after()  # type: ignore[call-overload]
+    assert_type(await session_first(5, session=session), str)
+    assert_type(await session_first(user_id=5, users=UserService(session)), str)
+    assert_type(await WithSession().session_then_services(user_id=5, users=UserService(session)), str)
+    await session_first(user_id=5, users=RoleService(session))  # type: ignore[call-overload]
+    await session_first("5")  # type: ignore[call-overload]
+    await WithSession().session_then_services()  # type: ignore[call-overload]
+
+
+# -- what PEP 612 cannot express falls back to Callable[..., R]: calls type-check, the return type is kept ----
+
+
 @uow.with_services(SyncUserService)
 def keyword_only(user_id: int, *, users: SyncUserService) -> bytes:
     return b""
 
 
-async def other_layouts() -> None:
-    fallback: Callable[..., Coroutine[Any, Any, str]] = trailing
-    assert_type(await fallback(5), str)
-    assert_type(await trailing(5), str)
+@uow.with_services(UserService, RoleService)
+async def reordered(roles: RoleService, users: UserService, user_id: int) -> str:
+    return str(user_id)
+
+
+async def fallbacks() -> None:
+    fallback: Callable[..., bytes] = keyword_only
+    assert_type(fallback(5), bytes)
     assert_type(keyword_only(5), bytes)
     assert_type(keyword_only(5, users=SyncUserService(Session())), bytes)
+    assert_type(keyword_only("not checked"), bytes)
+    assert_type(await reordered(5), str)
+
+
+# -- unit_of_work as a decorator keeps the function's type ------------------------------------------------
+
+
+@uow.unit_of_work()
+def bare(user_id: int, *, verbose: bool = False) -> int:
+    return user_id
+
+
+@uow.unit_of_work()
+async def with_session(session: AsyncSession, user_id: int) -> int:
+    return user_id
+
+
+class Units:
+    @uow.unit_of_work()
+    def sync_method(self, session: Session, user_id: int) -> int:
+        return user_id
+
+    @uow.unit_of_work()
+    async def method(self, session: AsyncSession, *, user_id: int) -> int:
+        return user_id
+
+
+async def units() -> None:
+    assert_type(bare(1, verbose=True), int)
+    assert_type(await with_session(1), int)
+    assert_type(Units().sync_method(1), int)
+    assert_type(await Units().method(user_id=1), int)
+    bare("1")  # type: ignore[arg-type]
+    await with_session()  # type: ignore[call-arg]
+    Units().sync_method("1")  # type: ignore[arg-type]
+    await Units().method()  # type: ignore[call-arg]
 
 
 # -- provide_services: each element has its service's type --------------------------------------------
