@@ -9,14 +9,21 @@ import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Union
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from uow.errors import ConfigurationError
 
-__all__ = ["Database", "configure", "get_default_database", "resolve_database"]
+__all__ = [
+    "Database",
+    "configure",
+    "forget_savepoint_end",
+    "get_default_database",
+    "resolve_database",
+    "savepoint_end",
+]
 
 AnySessionFactory = Union["sessionmaker[Session]", "async_sessionmaker[AsyncSession]"]
 AnyEngine = Union[Engine, AsyncEngine]
@@ -71,6 +78,8 @@ class Database:
             self.is_async = isinstance(primary, AsyncEngine)
             self.session_factory = self._factory_for(primary)
         self.replica_factories: list[AnySessionFactory] = [self._replica_factory(r) for r in replicas]
+        for managed in _engines_of(self):
+            _track_savepoint_ends(managed)
         self._replica_cycle = itertools.cycle(self.replica_factories) if self.replica_factories else None
         self._replica_lock = threading.Lock()
         self.name = name or self._describe()
@@ -143,6 +152,64 @@ class Database:
                 f"got {type(factory).__name__}"
             )
         return factory
+
+
+# -- savepoints: which one a connection last rolled back or tried to release ------------------
+
+# Where a connection's record keeps ("rollback" | "release", savepoint name) of its last savepoint end.
+_SAVEPOINT_END_KEY = "uow_savepoint_end"
+
+
+def _track_savepoint_ends(engine: AnyEngine) -> None:
+    """Note on each connection the savepoint it last rolled back to or tried to release.
+
+    SQLAlchemy emits ROLLBACK TO SAVEPOINT without RELEASE, and does not roll back a savepoint
+    whose RELEASE failed; the unit ending the savepoint finishes both (`savepoint_end`) and needs
+    the savepoint's name, which SQLAlchemy hands out publicly only through these events.
+    """
+    sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+    if not event.contains(sync_engine, "rollback_savepoint", _note_rollback_to):
+        event.listen(sync_engine, "rollback_savepoint", _note_rollback_to)
+        event.listen(sync_engine, "release_savepoint", _note_release)
+
+
+def _note_rollback_to(connection: Connection, name: str, _context: object) -> None:
+    info = _info_of(connection)
+    if info is not None:
+        info[_SAVEPOINT_END_KEY] = ("rollback", name)
+
+
+def _note_release(connection: Connection, name: str, _context: object) -> None:
+    info = _info_of(connection)
+    if info is not None:
+        info[_SAVEPOINT_END_KEY] = ("release", name)
+
+
+def forget_savepoint_end(connection: Connection) -> None:
+    """Drop what `connection` noted, before ending a savepoint that is still active on it."""
+    info = _info_of(connection)
+    if info is not None:
+        info.pop(_SAVEPOINT_END_KEY, None)
+
+
+def savepoint_end(connection: Connection) -> tuple[str, str] | None:
+    """("rollback" | "release", name) of the savepoint `connection` last ended (and forget it), or None.
+
+    None too for a connection that is closed or invalidated: nothing can be finished on it.
+    """
+    info = _info_of(connection)
+    noted: tuple[str, str] | None = info.pop(_SAVEPOINT_END_KEY, None) if info is not None else None
+    return noted
+
+
+def _info_of(connection: Connection) -> dict[Any, Any] | None:
+    # An invalidated connection refuses even `.info` until it is rolled back: it has nothing to finish.
+    if connection.closed or connection.invalidated:
+        return None
+    return connection.info
+
+
+# -- SQLite -----------------------------------------------------------------------------------
 
 
 def _use_real_sqlite_transactions(engine: AnyEngine) -> None:
