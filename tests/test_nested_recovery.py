@@ -18,9 +18,10 @@ from sqlalchemy import Engine, event, insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 import uow
-from tests.conftest import Backend, finish_sync_db, make_sync_db
+from tests.conftest import Backend, finish_async_db, finish_sync_db, make_async_db, make_sync_db
 from tests.helpers import committed, committed_async, sync_engine
 from tests.models import AsyncItemService, Item, ItemService
+from uow.testing import bound_to_transaction
 
 # -- a constraint violation in the body of a nested unit -------------------------------------------
 
@@ -271,8 +272,6 @@ async def test_a_refused_release_rolls_the_savepoint_back_and_raises_rollback_on
     backend = Backend(
         "postgresql", postgres_server.sync_url, postgres_server.async_url.set(drivername=driver), postgres_server
     )
-    from tests.conftest import finish_async_db, make_async_db
-
     database = await make_async_db(backend)
     try:
 
@@ -434,3 +433,44 @@ def test_postgresql_holds_no_savepoint_after_a_thousand_failed_nested_units(pg_s
     finally:
         event.remove(sync_engine(pg_sync_db), "rollback_savepoint", remember)
     assert committed(pg_sync_db) == ["after", "kept"]
+
+
+# -- the same under uow.testing's rollback-per-test binding ---------------------------------------------
+
+
+def test_a_failed_flush_in_a_nested_unit_is_recovered_from_under_the_test_binding(sync_db: uow.Database) -> None:
+    @uow.with_services(ItemService, database=sync_db, propagation="nested")
+    def add_again(items: ItemService) -> None:
+        items.add("kept")
+
+    @uow.with_services(ItemService, database=sync_db)
+    def outer(items: ItemService) -> list[str]:
+        items.add("kept")
+        with pytest.raises(IntegrityError):
+            add_again()
+        items.add("after")
+        return items.names()
+
+    with bound_to_transaction(sync_db):
+        assert outer() == ["after", "kept"]
+    assert committed(sync_db) == []
+
+
+async def test_a_failed_flush_in_a_nested_unit_is_recovered_from_under_the_test_binding_async(
+    async_db: uow.Database,
+) -> None:
+    @uow.with_services(AsyncItemService, database=async_db, propagation="nested")
+    async def add_again(items: AsyncItemService) -> None:
+        await items.add("kept")
+
+    @uow.with_services(AsyncItemService, database=async_db)
+    async def outer(items: AsyncItemService) -> list[str]:
+        await items.add("kept")
+        with pytest.raises(IntegrityError):
+            await add_again()
+        await items.add("after")
+        return await items.names()
+
+    async with bound_to_transaction(async_db):
+        assert await outer() == ["after", "kept"]
+    assert await committed_async(async_db) == []

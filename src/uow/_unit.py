@@ -37,10 +37,11 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar, Union
 
 from sqlalchemy import Connection, Engine, event
+from sqlalchemy.exc import UnboundExecutionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncSessionTransaction
 from sqlalchemy.orm import Session, SessionTransaction
 
-from uow._database import Database, forget_savepoint_end, get_default_database, savepoint_end
+from uow._database import Database, forget_savepoint_end, get_default_database, savepoint_end, track_savepoint_ends
 from uow.errors import ConfigurationError, NoActiveUnitOfWork, PropagationError, RollbackOnlyError
 
 __all__ = [
@@ -677,6 +678,7 @@ def enter_sync(
         assert frame is not None
         tx = frame.transaction
         outer = tx.open_sync()
+        _track_savepoints(outer)
         scope = Scope(frame.scope, outer.begin_nested())
         token = _current.set(Frame(database, tx, scope, _current.get()))
         return ActiveUnit(kind, tx, scope, token), outer
@@ -713,6 +715,7 @@ async def enter_async(
         assert frame is not None
         tx = frame.transaction
         outer = await tx.open_async()
+        _track_savepoints(outer.sync_session)
         scope = Scope(frame.scope, await outer.begin_nested())
         token = _current.set(Frame(database, tx, scope, _current.get()))
         return ActiveUnit(kind, tx, scope, token), outer
@@ -762,6 +765,14 @@ async def exit_async(unit: ActiveUnit, exc: BaseException | None) -> None:
         return
     # External: the caller's session, the caller's commit.
     _exit_external(unit, exc)
+
+
+def _track_savepoints(session: Session) -> None:
+    try:
+        bind = session.get_bind()
+    except UnboundExecutionError:
+        return  # several binds and no default: rolled-back savepoints stay until the transaction ends
+    track_savepoint_ends(bind)
 
 
 def _exit_savepoint_sync(unit: ActiveUnit, exc: BaseException | None) -> None:
