@@ -79,6 +79,10 @@ class Database:
             self.is_async = isinstance(primary, AsyncEngine)
             self.session_factory = self._factory_for(primary)
         self.replica_factories: list[AnySessionFactory] = [self._replica_factory(r) for r in replicas]
+        for managed in _engines_of(self):
+            # Also engines the application built: nested units must behave as with a URL (and as under
+            # uow.testing, which binds tests to a connection with this recipe's effect).
+            _use_real_sqlite_transactions(managed)
         self._replica_cycle = itertools.cycle(self.replica_factories) if self.replica_factories else None
         self._replica_lock = threading.Lock()
         self.name = name or self._describe()
@@ -123,8 +127,6 @@ class Database:
             engine = create_async_engine(parsed, **self._engine_options)
         else:
             engine = create_engine(parsed, **self._engine_options)
-        if parsed.get_backend_name() == "sqlite":
-            _use_real_sqlite_transactions(engine)
         self._owned_engines.append(engine)
         return engine
 
@@ -224,10 +226,15 @@ def _use_real_sqlite_transactions(engine: AnyEngine) -> None:
     """Let SQLAlchemy, not the sqlite3 module, decide when transactions begin, so savepoints work.
 
     This is the recipe from SQLAlchemy's pysqlite documentation ("Serializable isolation /
-    Savepoints / Transactional DDL"); without it a SAVEPOINT can silently commit the outer work.
+    Savepoints / Transactional DDL"); without it a SAVEPOINT that opens a transaction is
+    committed by its RELEASE, and a nested unit's work outlives the rollback of its enclosing
+    unit. Applied to every SQLite engine a Database uses, the application's own included, once
+    (a second Database on the same engine adds nothing). It holds for connections already in the
+    engine's pool too, and leaves a BEGIN the application's own copy of the recipe emitted alone.
     """
     sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
-
+    if sync_engine.dialect.name != "sqlite" or event.contains(sync_engine, "begin", _emit_begin):
+        return
     event.listen(sync_engine, "connect", _disable_pysqlite_autobegin)
     event.listen(sync_engine, "begin", _emit_begin)
 
@@ -236,8 +243,15 @@ def _disable_pysqlite_autobegin(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
 
 
-def _emit_begin(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN")
+def _emit_begin(connection: Connection) -> None:
+    pooled = connection.connection
+    if pooled.dbapi_connection is not None and pooled.dbapi_connection.isolation_level is not None:
+        # Connected before uow saw the engine (the "connect" listener never ran for it). No
+        # transaction is open at "begin", so switching sqlite3's own transactions off commits nothing.
+        pooled.dbapi_connection.isolation_level = None
+    driver: Any = pooled.driver_connection
+    if driver is None or not driver.in_transaction:
+        connection.exec_driver_sql("BEGIN")
 
 
 class _DefaultDatabase:
