@@ -838,6 +838,18 @@ def _roll_back_savepoint(unit: ActiveUnit, savepoint: SessionTransaction, primar
         if primary is None or _is_interrupt(error):
             raise
         _note_secondary(primary, "rolling back to the savepoint", error)
+        return
+    if _connection_lost(savepoint):
+        # The connection died (its transaction with it): the enclosing unit cannot commit either.
+        _mark_failed(unit)
+
+
+def _connection_lost(savepoint: SessionTransaction) -> bool:
+    try:
+        connections = _savepoint_connections(savepoint)
+    except Exception:
+        return True  # asking for the connection failed: it is in no state to go on
+    return any(connection.invalidated or connection.closed for connection in connections)
 
 
 def _is_open(savepoint: SessionTransaction) -> bool:
