@@ -795,7 +795,8 @@ def _end_savepoint(unit: ActiveUnit, savepoint: SessionTransaction, exc: BaseExc
 
     A failed release (the flush before RELEASE hit a constraint, or RELEASE itself failed) rolls
     back to the savepoint, as Django's atomic does, and the caller sees that failure. Only when
-    the savepoint cannot be rolled back either is the enclosing scope marked rollback-only.
+    the savepoint cannot be rolled back either, or its connection was lost, is the enclosing
+    scope marked rollback-only.
     """
     scope = unit.scope
     if exc is None and not scope.rollback_only:
@@ -820,7 +821,7 @@ def _end_savepoint(unit: ActiveUnit, savepoint: SessionTransaction, exc: BaseExc
 
 
 def _roll_back_savepoint(unit: ActiveUnit, savepoint: SessionTransaction, primary: BaseException | None) -> None:
-    """Roll back to the savepoint and release it; if that fails, the enclosing scope is rollback-only.
+    """Roll back to the savepoint and release it; if that fails, or the connection is lost, the enclosing scope is doomed.
 
     A savepoint whose flush failed is already rolled back in the database (SQLAlchemy did it and
     deactivated it): closing it here is what makes the session usable again. Releasing a
