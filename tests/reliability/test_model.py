@@ -3,6 +3,9 @@
 Each node of a tree is one unit: a propagation (required, requires_new, nested), maybe a
 row written before or after its children (with an ``on_commit`` hook registered beside
 it), maybe an exception raised at its end, maybe swallowing its children's exceptions.
+A unit may also end with a constraint violation, a duplicate of a committed row: flushed in
+its body (the flush fails there; any unit), or, in a nested unit, only added, so that the
+flush RELEASE makes fails (or COMMIT's, when the nested unit began the transaction itself).
 The same tree runs on the real database and through `Model`; the rows that survive, the
 hooks that ran (and their order), the exception the caller sees and which units shared a
 session must all agree.
@@ -20,10 +23,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import Engine, insert
+from sqlalchemy.exc import IntegrityError, PendingRollbackError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 import uow
 from tests.conftest import Backend, finish_async_db, finish_sync_db, make_async_db, make_sync_db
-from tests.models import AsyncItemService, ItemService
+from tests.models import AsyncItemService, Item, ItemService
 from tests.reliability._checks import (
     assert_no_leak,
     clear_items_async,
@@ -34,9 +40,11 @@ from tests.reliability._checks import (
 
 EXAMPLES = 80
 REQUIRED, REQUIRES_NEW, NESTED = "required", "requires_new", "nested"
+BODY, RELEASE = "body", "release"  # where a nested unit's constraint violation surfaces
+TAKEN = "taken"  # committed before every scenario: writing it again violates the unique name
 
 # Figures for docs/reliability.md, printed at the end of each test (pytest -s).
-FIGURES: dict[str, int] = {"scenarios": 0, "units": 0}
+FIGURES: dict[str, int] = {"scenarios": 0, "units": 0, "violations": 0}
 
 
 class Boom(Exception):
@@ -55,6 +63,7 @@ class Node:
     swallow: bool
     children: list[Node]
     id: int = -1
+    violates: str | None = None  # BODY (any unit) or RELEASE (nested units): its last act writes TAKEN again
 
 
 def nodes(depth: int) -> st.SearchStrategy[Node]:
@@ -66,7 +75,16 @@ def nodes(depth: int) -> st.SearchStrategy[Node]:
         raises=st.booleans(),
         swallow=st.booleans(),
         children=children,
-    )
+        violates=st.sampled_from([None, None, BODY, RELEASE]),
+    ).map(_violations_in_nested_units_only)
+
+
+def _violations_in_nested_units_only(node: Node) -> Node:
+    # A duplicate left unflushed in a joined unit would surface at whichever flush comes next,
+    # somewhere else in the tree: only nested units, which flush it when they end, leave one.
+    if node.violates == RELEASE and node.propagation != NESTED:
+        node.violates = None
+    return node
 
 
 def number(tree: Node) -> Node:
@@ -111,6 +129,12 @@ def without_sqlite_lock_waits(tree: Node) -> Node:
             visit(child, session)
         if node.write == "after":
             write(node, session)
+        if node.violates is not None:
+            # A failed INSERT still takes SQLite's write lock.
+            if any(other != session and has for other, has in written.items()):
+                node.violates = None
+            else:
+                written[session] = True
         if opens:
             del written[session]
 
@@ -122,6 +146,10 @@ def size(tree: Node) -> int:
     return 1 + sum(size(child) for child in tree.children)
 
 
+def violations(tree: Node) -> int:
+    return (tree.violates is not None) + sum(violations(child) for child in tree.children)
+
+
 # -- the model ---------------------------------------------------------------------------------
 
 
@@ -129,14 +157,25 @@ class RollbackOnly:
     """The model's RollbackOnlyError."""
 
 
+class Violation:
+    """The model's IntegrityError: a unit wrote TAKEN again."""
+
+
+class PendingRollback:
+    """The model's PendingRollbackError: SQL in a savepoint (or transaction) whose flush failed, before it ended."""
+
+
 ROLLBACK_ONLY = RollbackOnly()
-Outcome = Boom | RollbackOnly | None
+VIOLATION = Violation()
+PENDING_ROLLBACK = PendingRollback()
+Outcome = Boom | RollbackOnly | Violation | PendingRollback | None
 
 
 class MScope:
     def __init__(self, parent: MScope | None) -> None:
         self.parent = parent
         self.rollback_only = False
+        self.dead = False  # a flush failed in it: SQLAlchemy deactivated it until it ends
 
     def is_within(self, other: MScope) -> bool:
         scope: MScope | None = self
@@ -155,7 +194,17 @@ class MSession:
 
 
 class Model:
-    """DESIGN.md section 3: join marks rollback-only, nested is a savepoint, requires_new is independent."""
+    """DESIGN.md section 3: join marks rollback-only, nested is a savepoint, requires_new is independent.
+
+    A nested unit's constraint violation fails that unit alone, like any exception it raises:
+    found in its body, it is raised there; found when releasing (or committing), it is raised
+    instead of the release, and the savepoint is rolled back. Either way the enclosing unit
+    can catch the IntegrityError and go on writing and committing.
+
+    A flush that fails deactivates the scope it ran in (the innermost savepoint, else the
+    transaction), as SQLAlchemy does: until the unit owning that scope ends, any SQL in it
+    (a write, a flush, a nested unit's SAVEPOINT) raises PendingRollbackError.
+    """
 
     def __init__(self) -> None:
         self.committed: list[int] = []  # node ids, in the order their hooks run
@@ -167,32 +216,49 @@ class Model:
             session = MSession(next(self._sessions))
             scope, kind = session.root, "begin"
         elif node.propagation == NESTED:
+            if active[1].dead:
+                return PENDING_ROLLBACK  # its SAVEPOINT is refused: the unit never starts
             session, scope, kind = active[0], MScope(active[1]), "savepoint"
         else:
             session, scope, kind = active[0], active[1], "join"
         self.session_of[node.id] = session.id
-        error = self._body(node, session, scope)
+        error, duplicate_pending = self._body(node, session, scope)
         if kind == "join":
             if error is not None:
                 scope.rollback_only = True
             return error
-        if error is None and not scope.rollback_only:
+        if error is None and not scope.rollback_only and not duplicate_pending:
             if kind == "begin":
                 self.committed.extend(node_id for node_id, _ in session.pending)
             return None
+        # Rolled back: an exception, a swallowed failure, or the flush of RELEASE / COMMIT failed.
         session.pending = [(n, s) for n, s in session.pending if not s.is_within(scope)]
-        return error if error is not None else ROLLBACK_ONLY
+        if error is not None:
+            return error
+        return ROLLBACK_ONLY if scope.rollback_only else VIOLATION
 
-    def _body(self, node: Node, session: MSession, scope: MScope) -> Outcome:
+    def _body(self, node: Node, session: MSession, scope: MScope) -> tuple[Outcome, bool]:
+        """What the body raised, and whether it left a duplicate to be flushed when the unit ends."""
         if node.write == "before":
+            if scope.dead:
+                return PENDING_ROLLBACK, False
             session.pending.append((node.id, scope))
         for child in node.children:
             error = self.run(child, (session, scope))
             if error is not None and not node.swallow:
-                return error
+                return error, False
         if node.write == "after":
+            if scope.dead:
+                return PENDING_ROLLBACK, False
             session.pending.append((node.id, scope))
-        return Boom(node.id) if node.raises else None
+        if node.violates == BODY:
+            if scope.dead:
+                return PENDING_ROLLBACK, False
+            scope.dead = True  # and in the database it is rolled back already
+            return VIOLATION, False
+        if node.raises:
+            return Boom(node.id), False  # a duplicate left unflushed goes with the rollback
+        return None, node.violates == RELEASE
 
 
 # -- running a tree for real -------------------------------------------------------------------
@@ -229,6 +295,10 @@ def sync_units(database: uow.Database, trace: Trace) -> Callable[[Node], None]:
                     raise
         if node.write == "after":
             write(node, items)
+        if node.violates == BODY:
+            items.add(TAKEN)  # the flush fails here
+        elif node.violates == RELEASE:
+            items.session.add(Item(name=TAKEN))  # flushed, and failing, when the unit ends
         if node.raises:
             raise Boom(node.id)
 
@@ -256,6 +326,10 @@ def async_units(database: uow.Database, trace: Trace) -> Callable[[Node], Corout
                     raise
         if node.write == "after":
             await write(node, items)
+        if node.violates == BODY:
+            await items.add(TAKEN)
+        elif node.violates == RELEASE:
+            items.session.add(Item(name=TAKEN))
         if node.raises:
             raise Boom(node.id)
 
@@ -275,17 +349,39 @@ def outcome_of(call: Callable[[], object]) -> tuple[Outcome, BaseException | Non
         return error, error
     except uow.RollbackOnlyError as error:
         return ROLLBACK_ONLY, error
+    except IntegrityError as error:
+        return VIOLATION, error
+    except PendingRollbackError as error:
+        return PENDING_ROLLBACK, error
     return None, None
+
+
+def take_name_sync(database: uow.Database) -> None:
+    engine = database.engine
+    assert isinstance(engine, Engine)
+    with engine.begin() as connection:
+        connection.execute(insert(Item).values(name=TAKEN))
+
+
+async def take_name_async(database: uow.Database) -> None:
+    engine = database.engine
+    assert isinstance(engine, AsyncEngine)
+    async with engine.begin() as connection:
+        await connection.execute(insert(Item).values(name=TAKEN))
 
 
 def assert_agrees(tree: Node, model: Model, expected: Outcome, seen: Outcome, trace: Trace, names: set[str]) -> None:
     def describe(outcome: Outcome) -> str:
         if isinstance(outcome, Boom):
             return f"Boom({outcome.node_id})"
+        if outcome is VIOLATION:
+            return "IntegrityError"
+        if outcome is PENDING_ROLLBACK:
+            return "PendingRollbackError"
         return "RollbackOnlyError" if outcome is ROLLBACK_ONLY else "nothing"
 
     assert describe(seen) == describe(expected), f"caller saw {describe(seen)}, model says {describe(expected)}"
-    assert names == {f"n{i}" for i in model.committed}, "surviving rows differ from the model"
+    assert names == {TAKEN} | {f"n{i}" for i in model.committed}, "surviving rows differ from the model"
     assert trace.hooks == model.committed, "on_commit hooks that ran (or their order) differ from the model"
     pairs = {(trace.session_of[n], model.session_of[n]) for n in trace.session_of}
     assert len({real for real, _ in pairs}) == len({modelled for _, modelled in pairs}) == len(pairs), (
@@ -315,6 +411,7 @@ def test_sync_units_agree_with_the_model(backend: Backend) -> None:
         @given(trees(backend))
         def check(tree: Node) -> None:
             clear_items_sync(database)
+            take_name_sync(database)
             trace = Trace()
             run = sync_units(database, trace)
             model = Model()
@@ -324,6 +421,7 @@ def test_sync_units_agree_with_the_model(backend: Backend) -> None:
             assert_agrees(tree, model, expected, seen, trace, item_names_sync(database))
             FIGURES["scenarios"] += 1
             FIGURES["units"] += len(trace.session_of)
+            FIGURES["violations"] += violations(tree)
 
         check()
     finally:
@@ -340,6 +438,7 @@ def test_async_units_agree_with_the_model(backend: Backend) -> None:
         @given(trees(backend))
         def check(tree: Node) -> None:
             loop.run_until_complete(clear_items_async(database))
+            loop.run_until_complete(take_name_async(database))
             trace = Trace()
             run = async_units(database, trace)
             model = Model()
@@ -350,6 +449,7 @@ def test_async_units_agree_with_the_model(backend: Backend) -> None:
             assert_agrees(tree, model, expected, seen, trace, names)
             FIGURES["scenarios"] += 1
             FIGURES["units"] += len(trace.session_of)
+            FIGURES["violations"] += violations(tree)
 
         check()
     finally:
@@ -361,8 +461,8 @@ def test_async_units_agree_with_the_model(backend: Backend) -> None:
 # -- the model on hand-written cases, so a wrong model cannot agree with wrong code by accident ---
 
 
-def leaf(propagation: str, *, write: str | None = "before", raises: bool = False) -> Node:
-    return Node(propagation, write, raises, False, [])
+def leaf(propagation: str, *, write: str | None = "before", raises: bool = False, violates: str | None = None) -> Node:
+    return Node(propagation, write, raises, False, [], violates=violates)
 
 
 @pytest.mark.parametrize(
@@ -381,6 +481,54 @@ def leaf(propagation: str, *, write: str | None = "before", raises: bool = False
             [0],
             None,
         ),
+        # A constraint violation in a nested unit's body, caught by the owner: the owner goes on
+        # (its row after the savepoint is written too) and commits; the savepoint's row is gone.
+        (Node(REQUIRED, "after", False, True, [leaf(NESTED, violates=BODY)]), [0], None),
+        # The same violation found when the savepoint is released: the same outcome.
+        (Node(REQUIRED, "after", False, True, [leaf(NESTED, violates=RELEASE)]), [0], None),
+        # Not caught: the owner fails with the IntegrityError, nothing is kept.
+        (Node(REQUIRED, "before", False, False, [leaf(NESTED, violates=RELEASE)]), [], "violation"),
+        # A nested unit that began the transaction itself: COMMIT's flush fails.
+        (leaf(NESTED, violates=RELEASE), [], "violation"),
+        # A nested unit that raises after adding the duplicate: its exception, not the violation.
+        (Node(REQUIRED, "before", False, False, [leaf(NESTED, raises=True, violates=RELEASE)]), [], "boom1"),
+        # Django's case: a joined unit's flush fails inside a savepoint and the error is caught
+        # outside the nested unit; the owner goes on and commits.
+        (
+            Node(
+                REQUIRED, "after", False, True, [Node(NESTED, "before", False, False, [leaf(REQUIRED, violates=BODY)])]
+            ),
+            [0],
+            None,
+        ),
+        # Caught inside the nested unit instead, which then writes: the savepoint is dead until
+        # it ends, so that write raises PendingRollbackError; the owner catches it and commits.
+        (
+            Node(REQUIRED, "after", False, True, [Node(NESTED, "after", False, True, [leaf(REQUIRED, violates=BODY)])]),
+            [0],
+            None,
+        ),
+        # The same in the owner's own transaction: caught and written after, PendingRollbackError.
+        (Node(REQUIRED, "after", False, True, [leaf(REQUIRED, violates=BODY)]), [], "pending_rollback"),
+        # A nested unit cannot start in a dead scope.
+        (
+            Node(REQUIRED, None, False, True, [leaf(REQUIRED, violates=BODY), leaf(NESTED)]),
+            [],
+            "rollback_only",
+        ),
+        # A violation inside a savepoint whose body swallowed a joined failure: RollbackOnlyError
+        # wins (nothing is released, so nothing is flushed).
+        (
+            Node(
+                REQUIRED,
+                "before",
+                False,
+                False,
+                [Node(NESTED, "before", False, True, [leaf(REQUIRED, raises=True)], violates=RELEASE)],
+            ),
+            [],
+            "rollback_only",
+        ),
     ],
 )
 def test_model_on_known_cases(tree: Node, committed: list[int], outcome: str | None) -> None:
@@ -391,6 +539,10 @@ def test_model_on_known_cases(tree: Node, committed: list[int], outcome: str | N
         assert result is None
     elif outcome == "rollback_only":
         assert result is ROLLBACK_ONLY
+    elif outcome == "violation":
+        assert result is VIOLATION
+    elif outcome == "pending_rollback":
+        assert result is PENDING_ROLLBACK
     else:
         assert isinstance(result, Boom)
         assert result.node_id == int(outcome.removeprefix("boom"))
