@@ -217,6 +217,9 @@ class Transaction:
         if exc is not None or self.root.rollback_only or self.read_only:
             self._roll_back_sync(session, exc)
             return
+        if _flush_failed(session):
+            self._roll_back_sync(session, None)
+            raise _flush_failed_error(self)
         try:
             interrupt = _commit_sync(session)
         except BaseException as failure:
@@ -269,6 +272,9 @@ class Transaction:
         if exc is not None or self.root.rollback_only or self.read_only:
             await self._roll_back_async(session, exc)
             return False, None
+        if _flush_failed(session.sync_session):
+            await self._roll_back_async(session, None)
+            raise _flush_failed_error(self)
         try:
             interrupt = await _commit_async(session)
         except BaseException as failure:
@@ -851,6 +857,20 @@ def _finished_error(tx: Transaction) -> NoActiveUnitOfWork:
     )
 
 
+def _flush_failed(session: Session) -> bool:
+    """Whether SQLAlchemy rolled the unit's transaction back after a failed flush (the body swallowed the error)."""
+    transaction = session.get_transaction()
+    return transaction is not None and not transaction.is_active
+
+
+def _flush_failed_error(tx: Transaction) -> RollbackOnlyError:
+    return RollbackOnlyError(
+        f"the unit of work on {tx.database!r} was rolled back instead of committed: a flush inside it failed "
+        "(SQLAlchemy rolled the transaction back) and the error was swallowed. Let the error propagate, "
+        "or run the statements that may fail in a unit with propagation='nested' to recover from it"
+    )
+
+
 def _rollback_only_error(tx: Transaction, *, savepoint: bool = False) -> RollbackOnlyError:
     where = "savepoint" if savepoint else f"unit of work on {tx.database!r}"
     refused = tx.session.info.get(_REFUSED_KEY) if tx.session is not None and not savepoint else None
@@ -1117,9 +1137,10 @@ def _report_end(session: Session, transaction: SessionTransaction) -> None:
     while scope is not None:
         scope.rollback_only = True
         scope = scope.parent
-    if _REFUSED_KEY in session.info:
+    if isinstance(sys.exc_info()[1], OwnershipError):
         # A refusal is on its way already: SQLAlchemy rolling back the 'with session.begin():' block
         # whose commit was refused, or an 'except: session.rollback(); raise' around a refused commit.
+        # (Across the asyncio bridge the refusal being handled is not visible: this is reported too.)
         return
     error = _end_reported(tx)
     session.info[_REFUSED_KEY] = (tx.root, str(error))
