@@ -38,10 +38,11 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar, Union
 
 from sqlalchemy import Connection, Engine, event
+from sqlalchemy.exc import UnboundExecutionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncSessionTransaction
 from sqlalchemy.orm import Session, SessionTransaction
 
-from uow._database import Database, get_default_database
+from uow._database import Database, forget_savepoint_end, get_default_database, savepoint_end, track_savepoint_ends
 from uow.errors import (
     ConfigurationError,
     NoActiveUnitOfWork,
@@ -696,6 +697,7 @@ def enter_sync(
         assert frame is not None
         tx = frame.transaction
         outer = tx.open_sync()
+        _track_savepoints(outer)
         scope = Scope(frame.scope, outer.begin_nested())
         token = _current.set(Frame(database, tx, scope, _current.get()))
         return ActiveUnit(kind, tx, scope, token), outer
@@ -732,6 +734,7 @@ async def enter_async(
         assert frame is not None
         tx = frame.transaction
         outer = await tx.open_async()
+        _track_savepoints(outer.sync_session)
         scope = Scope(frame.scope, await outer.begin_nested())
         token = _current.set(Frame(database, tx, scope, _current.get()))
         return ActiveUnit(kind, tx, scope, token), outer
@@ -783,60 +786,152 @@ async def exit_async(unit: ActiveUnit, exc: BaseException | None) -> None:
     _exit_external(unit, exc)
 
 
-def _exit_savepoint_sync(unit: ActiveUnit, exc: BaseException | None) -> None:
-    scope = unit.scope
-    savepoint = scope.savepoint
-    assert isinstance(savepoint, SessionTransaction)  # pyright: ignore[reportUnnecessaryIsInstance]
-    if exc is None and not scope.rollback_only:
-        # Savepoint, success: release it; its hooks now belong to the enclosing scope.
-        try:
-            savepoint.commit()
-        except BaseException:
-            _mark_failed(unit)
-            raise
-        return
-    # Savepoint, failure or swallowed inner failure: roll back to it, forget its hooks.
-    unit.transaction.drop_hooks_within(scope)
+def _track_savepoints(session: Session) -> None:
     try:
-        if savepoint.is_active:
-            savepoint.rollback()
-    except BaseException as rollback_error:
-        _mark_failed(unit)
-        if exc is None or _is_interrupt(rollback_error):
-            raise
-        _note_secondary(exc, "rolling back to the savepoint", rollback_error)
-    if exc is None:
-        raise _rollback_only_error(unit.transaction, savepoint=True)
+        bind = session.get_bind()
+    except UnboundExecutionError:
+        return  # several binds and no default: rolled-back savepoints stay until the transaction ends
+    track_savepoint_ends(bind)
+
+
+def _exit_savepoint_sync(unit: ActiveUnit, exc: BaseException | None) -> None:
+    savepoint = unit.scope.savepoint
+    assert isinstance(savepoint, SessionTransaction)  # pyright: ignore[reportUnnecessaryIsInstance]
+    _end_savepoint(unit, savepoint, exc)
 
 
 async def _exit_savepoint_async(unit: ActiveUnit, exc: BaseException | None) -> None:
-    scope = unit.scope
-    savepoint = scope.savepoint
+    savepoint = unit.scope.savepoint
     assert isinstance(savepoint, AsyncSessionTransaction)
+    sync_savepoint = savepoint.sync_transaction
+    assert sync_savepoint is not None
+    # The same steps as the sync twin, run where SQLAlchemy's async layer runs its sync core.
+    await savepoint.session.run_sync(lambda _: _end_savepoint(unit, sync_savepoint, exc))
+
+
+def _end_savepoint(unit: ActiveUnit, savepoint: SessionTransaction, exc: BaseException | None) -> None:
+    """Release the savepoint, or roll back to it; either way the enclosing unit can go on afterwards.
+
+    A failed release (the flush before RELEASE hit a constraint, or RELEASE itself failed) rolls
+    back to the savepoint, as Django's atomic does, and the caller sees that failure. Only when
+    the savepoint cannot be rolled back either is the enclosing scope marked rollback-only.
+    """
+    scope = unit.scope
     if exc is None and not scope.rollback_only:
         # Savepoint, success: release it; its hooks now belong to the enclosing scope.
+        _forget_savepoint_ends(savepoint)
         try:
-            await savepoint.commit()
-        except BaseException:
-            _mark_failed(unit)
+            savepoint.commit()
+        except BaseException as failure:
+            # Savepoint, failed release: roll back to it, forget its hooks, raise the failure.
+            unit.transaction.drop_hooks_within(scope)
+            _roll_back_savepoint(unit, savepoint, failure)
+            if _refused_after_a_swallowed_error(failure):
+                raise _release_refused_error(unit.transaction) from failure
             raise
+        _forget_savepoint_ends(savepoint)  # released: nothing left to finish on its connection
         return
     # Savepoint, failure or swallowed inner failure: roll back to it, forget its hooks.
     unit.transaction.drop_hooks_within(scope)
-    try:
-        if savepoint.is_active:
-            await savepoint.rollback()
-    except BaseException as rollback_error:
-        _mark_failed(unit)
-        if exc is None or _is_interrupt(rollback_error):
-            raise
-        _note_secondary(exc, "rolling back to the savepoint", rollback_error)
+    _roll_back_savepoint(unit, savepoint, exc)
     if exc is None:
         raise _rollback_only_error(unit.transaction, savepoint=True)
 
 
+def _roll_back_savepoint(unit: ActiveUnit, savepoint: SessionTransaction, primary: BaseException | None) -> None:
+    """Roll back to the savepoint and release it; if that fails, the enclosing scope is rollback-only.
+
+    A savepoint whose flush failed is already rolled back in the database (SQLAlchemy did it and
+    deactivated it): closing it here is what makes the session usable again. Releasing a
+    rolled-back savepoint frees it on the server (Django ticket #23074): PostgreSQL keeps it until
+    the transaction ends otherwise, so a long unit with many failed nested units would pile them up.
+    """
+    try:
+        if _is_open(savepoint):
+            if savepoint.is_active:
+                _forget_savepoint_ends(savepoint)
+            savepoint.rollback()
+        _release_rolled_back(savepoint)
+    except BaseException as error:
+        _mark_failed(unit)
+        if primary is None or _is_interrupt(error):
+            raise
+        _note_secondary(primary, "rolling back to the savepoint", error)
+
+
+def _is_open(savepoint: SessionTransaction) -> bool:
+    """Whether the savepoint is still in the session's chain of transactions (active or awaiting rollback)."""
+    transaction = savepoint.session.get_nested_transaction()
+    while transaction is not None:
+        if transaction is savepoint:
+            return True
+        transaction = transaction.parent
+    return False
+
+
+def _savepoint_connections(savepoint: SessionTransaction) -> frozenset[Connection]:
+    connections: frozenset[Connection] | None = getattr(savepoint, "connections", None)
+    if connections is not None:
+        return connections
+    # SessionTransaction.connections is public from SQLAlchemy 2.1.7 on. Before, the session's
+    # connection is the one (uow's sessions have one bind); it is asked for once the savepoint is
+    # closed, when the enclosing transaction, which holds it, is the session's again.
+    session = savepoint.session
+    if _is_open(savepoint) or not session.in_transaction():
+        return frozenset()
+    return frozenset({session.connection()})
+
+
+def _forget_savepoint_ends(savepoint: SessionTransaction) -> None:
+    for connection in _savepoint_connections(savepoint):
+        forget_savepoint_end(connection)
+
+
+def _release_rolled_back(savepoint: SessionTransaction) -> None:
+    """Finish in the database what SQLAlchemy's rollback of the savepoint leaves undone.
+
+    SQLAlchemy emitted ROLLBACK TO SAVEPOINT: emit RELEASE too. Its RELEASE failed, so it did not
+    roll back (it never does after a failed RELEASE): emit ROLLBACK TO SAVEPOINT, then RELEASE.
+    """
+    for connection in _savepoint_connections(savepoint):
+        ended = savepoint_end(connection)
+        if ended is None:
+            continue
+        how, name = ended
+        if how == "release":
+            connection.dialect.do_rollback_to_savepoint(connection, name)
+        connection.dialect.do_release_savepoint(connection, name)
+
+
+# PostgreSQL's in_failed_sql_transaction: a statement failed earlier and only ROLLBACK is accepted now.
+_FAILED_TRANSACTION_SQLSTATE = "25P02"
+
+
+def _refused_after_a_swallowed_error(failure: BaseException) -> bool:
+    """Whether RELEASE was refused because a statement inside the savepoint failed and the body went on."""
+    error: BaseException | None = failure
+    for _ in range(3):  # SQLAlchemy's error, the driver's (or its async adapter's), what that came from
+        if error is None:
+            return False
+        for attribute in ("sqlstate", "pgcode"):  # asyncpg and psycopg 3 / psycopg2
+            if getattr(error, attribute, None) == _FAILED_TRANSACTION_SQLSTATE:
+                return True
+        orig = getattr(error, "orig", None)
+        error = orig if isinstance(orig, BaseException) else error.__cause__
+    return False
+
+
+def _release_refused_error(tx: Transaction) -> RollbackOnlyError:
+    return RollbackOnlyError(
+        f"a savepoint on {tx.database!r} was rolled back instead of released: a statement inside the "
+        "nested unit failed and its error was swallowed, so the database refused RELEASE. Let the "
+        "error propagate out of the nested unit (the enclosing unit can catch it and go on)"
+    )
+
+
 def _mark_failed(unit: ActiveUnit) -> None:
-    # The savepoint could not be released or rolled back: the enclosing transaction is unusable.
+    # The savepoint could not be rolled back: the enclosing transaction is in an unknown state,
+    # so it must not commit.
     parent = unit.scope.parent
     if parent is not None:
         parent.rollback_only = True
