@@ -278,12 +278,18 @@ async def test_reuse_rollback_rollback(flavor: Flavor, inside: bool) -> None:
 
 
 def savepoint_names(flavor: Flavor) -> list[str]:
-    """The names of the savepoints the Database's engine begins from now on (SQLAlchemy's 'savepoint' event)."""
+    """The names of the savepoints the Database's engine begins from now on, read off the SAVEPOINT statements."""
     engine = flavor.db.engine
     sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
     assert isinstance(sync_engine, Engine)
     names: list[str] = []
-    event.listen(sync_engine, "savepoint", lambda _connection, name: names.append(name))
+
+    def record(_connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        words = statement.split()
+        if len(words) == 2 and words[0].upper() == "SAVEPOINT":
+            names.append(words[1])
+
+    event.listen(sync_engine, "before_cursor_execute", record)
     return names
 
 
@@ -452,7 +458,8 @@ async def test_atomic_does_not_leak_savepoints_on_failure(flavor: Flavor) -> Non
     with pytest.raises(DBAPIError):
         async with flavor.unit() as session:
             with pytest.raises(Oops):
-                async with flavor.unit(propagation="nested"):
+                async with flavor.unit(propagation="nested") as inner:
+                    await count(flavor, inner)  # a savepoint is begun on the connection when it is first used
                     name = savepoints[-1]
                     raise Oops("Oops")
             await flavor.execute(session, f"ROLLBACK TO SAVEPOINT {name}")

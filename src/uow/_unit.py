@@ -22,6 +22,9 @@ Entering a unit decides one of four things (`_decide`):
 
 A scope marked rollback-only that is left without an exception (the failure was
 swallowed) is rolled back and `RollbackOnlyError` is raised instead of a commit.
+While an owned transaction runs, its session refuses the user's own commit and reports
+their rollback or close (`OwnershipError`), marking the unit rollback-only: nobody
+commits behind the unit's back (the listeners near the end of this module).
 ``on_commit`` hooks run, in registration order, after the owning unit commits.
 """
 
