@@ -243,6 +243,23 @@ def test_the_legacy_commit_or_rollback_pattern_raises_the_commit_refusal(db: uow
     assert committed(db) == []
 
 
+async def test_async_legacy_commit_or_rollback_pattern_ends_in_ownership_error(adb: uow.Database) -> None:
+    # Across SQLAlchemy's asyncio bridge the refusal being handled is not visible to the rollback's
+    # listener, so the rollback is reported as well: still an OwnershipError, still nothing kept.
+    @uow.unit_of_work(database=adb)
+    async def legacy(session: AsyncSession) -> None:
+        session.add(Item(name="a"))
+        try:
+            await session.commit()
+        except Exception:
+            await session.rollback()
+            raise
+
+    with pytest.raises(uow.OwnershipError):
+        await legacy()
+    assert await committed_async(adb) == []
+
+
 def test_a_with_session_begin_block_is_refused_when_it_would_commit(db: uow.Database) -> None:
     @uow.unit_of_work(database=db)
     def begins(session: Session) -> None:
