@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from flask import Flask
 from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -29,6 +30,7 @@ import uow
 from tests import drivers
 from tests.drivers import Target
 from tests.models import Base, Item
+from uow.integrations.flask import UnitOfWork
 from uow.integrations.starlette import UnitOfWorkMiddleware
 from uow.testing import bound_to_transaction
 
@@ -575,3 +577,41 @@ def test_an_async_request_unit_refuses_the_endpoints_commit(request: pytest.Fixt
     with TestClient(app, raise_server_exceptions=False) as client:
         assert client.post("/items/a").status_code == 500
     assert web.names() == []
+
+
+def test_a_flask_request_unit_refuses_the_views_commit(web_sqlite: Web) -> None:
+    app = Flask(__name__)
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    UnitOfWork(app, web_sqlite.db)
+
+    @app.post("/items/<name>")
+    @uow.unit_of_work()
+    def create(session: Session, name: str) -> Any:
+        session.add(Item(name=name))
+        session.commit()
+        return {"saved": True}
+
+    with app.test_client() as client:
+        assert client.post("/items/a").status_code == 500
+    assert web_sqlite.names() == []
+    assert web_sqlite.checked_out == 0
+
+
+# -- the uow_transaction fixture of the uow.testing plugin -------------------------------------
+
+
+@pytest.fixture
+def uow_database(db: uow.Database) -> uow.Database:
+    return db
+
+
+def test_the_uow_transaction_fixture_refuses_the_commit_as_production_does(uow_transaction: uow.Database) -> None:
+    @uow.unit_of_work(database=uow_transaction)
+    def commits(session: Session) -> None:
+        session.add(Item(name="a"))
+        session.commit()
+
+    with pytest.raises(uow.OwnershipError, match=REFUSED):
+        commits()
+    with uow.unit_of_work(database=uow_transaction) as session:
+        assert list(session.scalars(select(Item.name))) == []
