@@ -14,11 +14,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, insert
+from sqlalchemy import Engine, event, insert, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 import uow
 from tests.conftest import Backend, finish_async_db, finish_sync_db, make_async_db, make_sync_db
+from tests.drivers import kill
 from tests.helpers import committed, committed_async, sync_engine
 from tests.models import AsyncItemService, Item, ItemService
 from uow.testing import bound_to_transaction
@@ -474,3 +475,54 @@ async def test_a_failed_flush_in_a_nested_unit_is_recovered_from_under_the_test_
     async with bound_to_transaction(async_db):
         assert await outer() == ["after", "kept"]
     assert await committed_async(async_db) == []
+
+
+# -- a connection lost inside a nested unit: the enclosing unit cannot commit either -------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("when", ["body", "release"])
+def test_a_connection_killed_inside_a_nested_unit_dooms_the_enclosing_unit(
+    pg_sync_db: uow.Database, postgres_server: Any, when: str
+) -> None:
+    @uow.with_services(ItemService, database=pg_sync_db, propagation="nested")
+    def killed(items: ItemService) -> None:
+        items.add("in savepoint")
+        kill(postgres_server, items.session.execute(text("SELECT pg_backend_pid()")).scalar_one())
+        if when == "body":
+            items.add("after the kill")  # fails: the connection is gone
+
+    @uow.with_services(ItemService, database=pg_sync_db)
+    def outer(items: ItemService) -> None:
+        items.add("outer")
+        with pytest.raises(DBAPIError) as info:
+            killed()
+        assert info.value.connection_invalidated
+
+    with pytest.raises(uow.RollbackOnlyError):  # not PendingRollbackError from a commit on a dead connection
+        outer()
+    assert committed(pg_sync_db) == []
+
+
+@pytest.mark.postgres
+async def test_a_connection_killed_inside_a_nested_unit_dooms_the_enclosing_unit_async(postgres_server: Any) -> None:
+    backend = Backend("postgresql", postgres_server.sync_url, postgres_server.async_url, postgres_server)
+    database = await make_async_db(backend)
+    try:
+
+        @uow.with_services(AsyncItemService, database=database, propagation="nested")
+        async def killed(items: AsyncItemService) -> None:
+            await items.add("in savepoint")
+            kill(postgres_server, (await items.session.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+        @uow.with_services(AsyncItemService, database=database)
+        async def outer(items: AsyncItemService) -> None:
+            await items.add("outer")
+            with pytest.raises(DBAPIError):
+                await killed()
+
+        with pytest.raises(uow.RollbackOnlyError):
+            await outer()
+        assert await committed_async(database) == []
+    finally:
+        await finish_async_db(database, backend)

@@ -817,7 +817,8 @@ def _end_savepoint(unit: ActiveUnit, savepoint: SessionTransaction, exc: BaseExc
 
     A failed release (the flush before RELEASE hit a constraint, or RELEASE itself failed) rolls
     back to the savepoint, as Django's atomic does, and the caller sees that failure. Only when
-    the savepoint cannot be rolled back either is the enclosing scope marked rollback-only.
+    the savepoint cannot be rolled back either, or its connection was lost, is the enclosing
+    scope marked rollback-only.
     """
     scope = unit.scope
     if exc is None and not scope.rollback_only:
@@ -842,7 +843,7 @@ def _end_savepoint(unit: ActiveUnit, savepoint: SessionTransaction, exc: BaseExc
 
 
 def _roll_back_savepoint(unit: ActiveUnit, savepoint: SessionTransaction, primary: BaseException | None) -> None:
-    """Roll back to the savepoint and release it; if that fails, the enclosing scope is rollback-only.
+    """Roll back to the savepoint and release it; if that fails, or the connection is lost, the enclosing scope is doomed.
 
     A savepoint whose flush failed is already rolled back in the database (SQLAlchemy did it and
     deactivated it): closing it here is what makes the session usable again. Releasing a
@@ -860,6 +861,18 @@ def _roll_back_savepoint(unit: ActiveUnit, savepoint: SessionTransaction, primar
         if primary is None or _is_interrupt(error):
             raise
         _note_secondary(primary, "rolling back to the savepoint", error)
+        return
+    if _connection_lost(savepoint):
+        # The connection died (its transaction with it): the enclosing unit cannot commit either.
+        _mark_failed(unit)
+
+
+def _connection_lost(savepoint: SessionTransaction) -> bool:
+    try:
+        connections = _savepoint_connections(savepoint)
+    except Exception:
+        return True  # asking for the connection failed: it is in no state to go on
+    return any(connection.invalidated or connection.closed for connection in connections)
 
 
 def _is_open(savepoint: SessionTransaction) -> bool:

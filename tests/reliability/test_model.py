@@ -3,6 +3,9 @@
 Each node of a tree is one unit: a propagation (required, requires_new, nested), maybe a
 row written before or after its children (with an ``on_commit`` hook registered beside
 it), maybe an exception raised at its end, maybe swallowing its children's exceptions.
+A nested unit may also end with a constraint violation: a duplicate of a committed row,
+flushed in its body (the flush fails there) or only added, so that the flush RELEASE
+makes fails (or COMMIT's, when the nested unit began the transaction itself).
 The same tree runs on the real database and through `Model`; the rows that survive, the
 hooks that ran (and their order), the exception the caller sees and which units shared a
 session must all agree.
@@ -20,10 +23,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import Engine, insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 import uow
 from tests.conftest import Backend, finish_async_db, finish_sync_db, make_async_db, make_sync_db
-from tests.models import AsyncItemService, ItemService
+from tests.models import AsyncItemService, Item, ItemService
 from tests.reliability._checks import (
     assert_no_leak,
     clear_items_async,
@@ -34,6 +40,8 @@ from tests.reliability._checks import (
 
 EXAMPLES = 80
 REQUIRED, REQUIRES_NEW, NESTED = "required", "requires_new", "nested"
+BODY, RELEASE = "body", "release"  # where a nested unit's constraint violation surfaces
+TAKEN = "taken"  # committed before every scenario: writing it again violates the unique name
 
 # Figures for docs/reliability.md, printed at the end of each test (pytest -s).
 FIGURES: dict[str, int] = {"scenarios": 0, "units": 0}
@@ -55,6 +63,7 @@ class Node:
     swallow: bool
     children: list[Node]
     id: int = -1
+    violates: str | None = None  # BODY or RELEASE: a nested unit's last act writes TAKEN again
 
 
 def nodes(depth: int) -> st.SearchStrategy[Node]:
@@ -66,7 +75,14 @@ def nodes(depth: int) -> st.SearchStrategy[Node]:
         raises=st.booleans(),
         swallow=st.booleans(),
         children=children,
-    )
+        violates=st.sampled_from([None, None, BODY, RELEASE]),
+    ).map(_violations_in_nested_units_only)
+
+
+def _violations_in_nested_units_only(node: Node) -> Node:
+    if node.propagation != NESTED:
+        node.violates = None
+    return node
 
 
 def number(tree: Node) -> Node:
@@ -111,6 +127,12 @@ def without_sqlite_lock_waits(tree: Node) -> Node:
             visit(child, session)
         if node.write == "after":
             write(node, session)
+        if node.violates is not None:
+            # A failed INSERT still takes SQLite's write lock.
+            if any(other != session and has for other, has in written.items()):
+                node.violates = None
+            else:
+                written[session] = True
         if opens:
             del written[session]
 
@@ -129,8 +151,13 @@ class RollbackOnly:
     """The model's RollbackOnlyError."""
 
 
+class Violation:
+    """The model's IntegrityError: a nested unit wrote TAKEN again."""
+
+
 ROLLBACK_ONLY = RollbackOnly()
-Outcome = Boom | RollbackOnly | None
+VIOLATION = Violation()
+Outcome = Boom | RollbackOnly | Violation | None
 
 
 class MScope:
@@ -155,7 +182,13 @@ class MSession:
 
 
 class Model:
-    """DESIGN.md section 3: join marks rollback-only, nested is a savepoint, requires_new is independent."""
+    """DESIGN.md section 3: join marks rollback-only, nested is a savepoint, requires_new is independent.
+
+    A nested unit's constraint violation fails that unit alone, like any exception it raises:
+    found in its body, it is raised there; found when releasing (or committing), it is raised
+    instead of the release, and the savepoint is rolled back. Either way the enclosing unit
+    can catch the IntegrityError and go on writing and committing.
+    """
 
     def __init__(self) -> None:
         self.committed: list[int] = []  # node ids, in the order their hooks run
@@ -171,28 +204,36 @@ class Model:
         else:
             session, scope, kind = active[0], active[1], "join"
         self.session_of[node.id] = session.id
-        error = self._body(node, session, scope)
+        error, duplicate_pending = self._body(node, session, scope)
         if kind == "join":
             if error is not None:
                 scope.rollback_only = True
             return error
-        if error is None and not scope.rollback_only:
+        if error is None and not scope.rollback_only and not duplicate_pending:
             if kind == "begin":
                 self.committed.extend(node_id for node_id, _ in session.pending)
             return None
+        # Rolled back: an exception, a swallowed failure, or the flush of RELEASE / COMMIT failed.
         session.pending = [(n, s) for n, s in session.pending if not s.is_within(scope)]
-        return error if error is not None else ROLLBACK_ONLY
+        if error is not None:
+            return error
+        return ROLLBACK_ONLY if scope.rollback_only else VIOLATION
 
-    def _body(self, node: Node, session: MSession, scope: MScope) -> Outcome:
+    def _body(self, node: Node, session: MSession, scope: MScope) -> tuple[Outcome, bool]:
+        """What the body raised, and whether it left a duplicate to be flushed when the unit ends."""
         if node.write == "before":
             session.pending.append((node.id, scope))
         for child in node.children:
             error = self.run(child, (session, scope))
             if error is not None and not node.swallow:
-                return error
+                return error, False
         if node.write == "after":
             session.pending.append((node.id, scope))
-        return Boom(node.id) if node.raises else None
+        if node.violates == BODY:
+            return VIOLATION, False
+        if node.raises:
+            return Boom(node.id), False  # a duplicate left unflushed goes with the rollback
+        return None, node.violates == RELEASE
 
 
 # -- running a tree for real -------------------------------------------------------------------
@@ -229,6 +270,10 @@ def sync_units(database: uow.Database, trace: Trace) -> Callable[[Node], None]:
                     raise
         if node.write == "after":
             write(node, items)
+        if node.violates == BODY:
+            items.add(TAKEN)  # the flush fails here
+        elif node.violates == RELEASE:
+            items.session.add(Item(name=TAKEN))  # flushed, and failing, when the unit ends
         if node.raises:
             raise Boom(node.id)
 
@@ -256,6 +301,10 @@ def async_units(database: uow.Database, trace: Trace) -> Callable[[Node], Corout
                     raise
         if node.write == "after":
             await write(node, items)
+        if node.violates == BODY:
+            await items.add(TAKEN)
+        elif node.violates == RELEASE:
+            items.session.add(Item(name=TAKEN))
         if node.raises:
             raise Boom(node.id)
 
@@ -275,17 +324,35 @@ def outcome_of(call: Callable[[], object]) -> tuple[Outcome, BaseException | Non
         return error, error
     except uow.RollbackOnlyError as error:
         return ROLLBACK_ONLY, error
+    except IntegrityError as error:
+        return VIOLATION, error
     return None, None
+
+
+def take_name_sync(database: uow.Database) -> None:
+    engine = database.engine
+    assert isinstance(engine, Engine)
+    with engine.begin() as connection:
+        connection.execute(insert(Item).values(name=TAKEN))
+
+
+async def take_name_async(database: uow.Database) -> None:
+    engine = database.engine
+    assert isinstance(engine, AsyncEngine)
+    async with engine.begin() as connection:
+        await connection.execute(insert(Item).values(name=TAKEN))
 
 
 def assert_agrees(tree: Node, model: Model, expected: Outcome, seen: Outcome, trace: Trace, names: set[str]) -> None:
     def describe(outcome: Outcome) -> str:
         if isinstance(outcome, Boom):
             return f"Boom({outcome.node_id})"
+        if outcome is VIOLATION:
+            return "IntegrityError"
         return "RollbackOnlyError" if outcome is ROLLBACK_ONLY else "nothing"
 
     assert describe(seen) == describe(expected), f"caller saw {describe(seen)}, model says {describe(expected)}"
-    assert names == {f"n{i}" for i in model.committed}, "surviving rows differ from the model"
+    assert names == {TAKEN} | {f"n{i}" for i in model.committed}, "surviving rows differ from the model"
     assert trace.hooks == model.committed, "on_commit hooks that ran (or their order) differ from the model"
     pairs = {(trace.session_of[n], model.session_of[n]) for n in trace.session_of}
     assert len({real for real, _ in pairs}) == len({modelled for _, modelled in pairs}) == len(pairs), (
@@ -315,6 +382,7 @@ def test_sync_units_agree_with_the_model(backend: Backend) -> None:
         @given(trees(backend))
         def check(tree: Node) -> None:
             clear_items_sync(database)
+            take_name_sync(database)
             trace = Trace()
             run = sync_units(database, trace)
             model = Model()
@@ -340,6 +408,7 @@ def test_async_units_agree_with_the_model(backend: Backend) -> None:
         @given(trees(backend))
         def check(tree: Node) -> None:
             loop.run_until_complete(clear_items_async(database))
+            loop.run_until_complete(take_name_async(database))
             trace = Trace()
             run = async_units(database, trace)
             model = Model()
@@ -361,8 +430,8 @@ def test_async_units_agree_with_the_model(backend: Backend) -> None:
 # -- the model on hand-written cases, so a wrong model cannot agree with wrong code by accident ---
 
 
-def leaf(propagation: str, *, write: str | None = "before", raises: bool = False) -> Node:
-    return Node(propagation, write, raises, False, [])
+def leaf(propagation: str, *, write: str | None = "before", raises: bool = False, violates: str | None = None) -> Node:
+    return Node(propagation, write, raises, False, [], violates=violates)
 
 
 @pytest.mark.parametrize(
@@ -381,6 +450,30 @@ def leaf(propagation: str, *, write: str | None = "before", raises: bool = False
             [0],
             None,
         ),
+        # A constraint violation in a nested unit's body, caught by the owner: the owner goes on
+        # (its row after the savepoint is written too) and commits; the savepoint's row is gone.
+        (Node(REQUIRED, "after", False, True, [leaf(NESTED, violates=BODY)]), [0], None),
+        # The same violation found when the savepoint is released: the same outcome.
+        (Node(REQUIRED, "after", False, True, [leaf(NESTED, violates=RELEASE)]), [0], None),
+        # Not caught: the owner fails with the IntegrityError, nothing is kept.
+        (Node(REQUIRED, "before", False, False, [leaf(NESTED, violates=RELEASE)]), [], "violation"),
+        # A nested unit that began the transaction itself: COMMIT's flush fails.
+        (leaf(NESTED, violates=RELEASE), [], "violation"),
+        # A nested unit that raises after adding the duplicate: its exception, not the violation.
+        (Node(REQUIRED, "before", False, False, [leaf(NESTED, raises=True, violates=RELEASE)]), [], "boom1"),
+        # A violation inside a savepoint whose body swallowed a joined failure: RollbackOnlyError
+        # wins (nothing is released, so nothing is flushed).
+        (
+            Node(
+                REQUIRED,
+                "before",
+                False,
+                False,
+                [Node(NESTED, "before", False, True, [leaf(REQUIRED, raises=True)], violates=RELEASE)],
+            ),
+            [],
+            "rollback_only",
+        ),
     ],
 )
 def test_model_on_known_cases(tree: Node, committed: list[int], outcome: str | None) -> None:
@@ -391,6 +484,8 @@ def test_model_on_known_cases(tree: Node, committed: list[int], outcome: str | N
         assert result is None
     elif outcome == "rollback_only":
         assert result is ROLLBACK_ONLY
+    elif outcome == "violation":
+        assert result is VIOLATION
     else:
         assert isinstance(result, Boom)
         assert result.node_id == int(outcome.removeprefix("boom"))
