@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, create_engine, event, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -322,3 +322,32 @@ def test_the_test_plugin_agrees_with_production_on_an_application_engine(
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(SRC), str(pytester.path), os.environ.get("PYTHONPATH", "")]))
     result = pytester.runpytest_subprocess(*UNUSED_PLUGINS, "-p", "uow.testing", "-v", timeout=120)
     result.assert_outcomes(passed=2)
+
+
+@pytest.mark.parametrize("how", ["create_engine", "execution_options", "url"])
+def test_an_autocommit_sqlite_engine_keeps_autocommitting(tmp_path: Path, how: str) -> None:
+    # The recipe's BEGIN on an AUTOCOMMIT connection would never be committed: the writes would be lost.
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    if how == "create_engine":
+        engine = create_engine(url, isolation_level="AUTOCOMMIT")
+        database = uow.Database(engine=engine)
+    elif how == "execution_options":
+        engine = create_engine(url).execution_options(isolation_level="AUTOCOMMIT")
+        database = uow.Database(engine=engine)
+    else:
+        database = uow.Database(url, engine_options={"isolation_level": "AUTOCOMMIT"})
+        assert isinstance(database.engine, Engine)
+        engine = database.engine
+    Base.metadata.create_all(engine)
+    try:
+        with uow.unit_of_work(database=database) as session:
+            session.add(Item(name="by a unit"))
+        with engine.connect() as connection:  # the application's own code, relying on AUTOCOMMIT
+            connection.execute(insert(Item).values(name="by the application"))
+        reader = create_engine(url)
+        try:
+            assert _names(reader) == ["by a unit", "by the application"]
+        finally:
+            reader.dispose()
+    finally:
+        engine.dispose()

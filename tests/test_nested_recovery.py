@@ -329,12 +329,13 @@ class Statements:
         return stack
 
 
-FAILED_UNITS = 1000
+FAILED_UNITS = 1000  # on PostgreSQL, where held savepoints would pile up; 100 elsewhere keeps MariaDB's load down
 
 
 @pytest.mark.parametrize("where", ["body", "release", "raise"])
-def test_every_rolled_back_savepoint_is_released(sync_db: uow.Database, where: str) -> None:
+def test_every_rolled_back_savepoint_is_released(sync_db: uow.Database, backend: Backend, where: str) -> None:
     statements = Statements(sync_engine(sync_db))
+    units = FAILED_UNITS if backend.name == "postgresql" else 100
 
     @uow.unit_of_work(database=sync_db, propagation="nested")
     def fail() -> None:
@@ -351,7 +352,7 @@ def test_every_rolled_back_savepoint_is_released(sync_db: uow.Database, where: s
         if where != "raise":
             items.add("kept")
         failures = 0
-        for _ in range(FAILED_UNITS):
+        for _ in range(units):
             try:
                 fail()
             except (IntegrityError, RuntimeError):
@@ -362,13 +363,13 @@ def test_every_rolled_back_savepoint_is_released(sync_db: uow.Database, where: s
         return failures
 
     try:
-        assert long_unit() == FAILED_UNITS
+        assert long_unit() == units
     finally:
         statements.close()
     expected = ["after"] if where == "raise" else ["after", "kept"]
     assert committed(sync_db) == expected
     rollbacks = [s for s in statements.seen if s.startswith("ROLLBACK TO")]
-    assert len(rollbacks) == FAILED_UNITS
+    assert len(rollbacks) == units
 
 
 async def test_every_rolled_back_savepoint_is_released_async(async_db: uow.Database) -> None:

@@ -244,6 +244,8 @@ def _disable_pysqlite_autobegin(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _emit_begin(connection: Connection) -> None:
+    if _autocommits(connection):
+        return  # the application asked for no transactions: SQLAlchemy would never COMMIT this BEGIN
     pooled = connection.connection
     if pooled.dbapi_connection is not None and pooled.dbapi_connection.isolation_level is not None:
         # Connected before uow saw the engine (the "connect" listener never ran for it). No
@@ -252,6 +254,14 @@ def _emit_begin(connection: Connection) -> None:
     driver: Any = pooled.driver_connection
     if driver is None or not driver.in_transaction:
         connection.exec_driver_sql("BEGIN")
+
+
+def _autocommits(connection: Connection) -> bool:
+    level = connection.get_execution_options().get("isolation_level")
+    if level is None:
+        # create_engine(isolation_level="AUTOCOMMIT"): SQLAlchemy keeps that level on the dialect only.
+        level = getattr(connection.dialect, "_on_connect_isolation_level", None)
+    return bool(level == "AUTOCOMMIT")
 
 
 class _DefaultDatabase:

@@ -3,9 +3,9 @@
 Each node of a tree is one unit: a propagation (required, requires_new, nested), maybe a
 row written before or after its children (with an ``on_commit`` hook registered beside
 it), maybe an exception raised at its end, maybe swallowing its children's exceptions.
-A nested unit may also end with a constraint violation: a duplicate of a committed row,
-flushed in its body (the flush fails there) or only added, so that the flush RELEASE
-makes fails (or COMMIT's, when the nested unit began the transaction itself).
+A unit may also end with a constraint violation, a duplicate of a committed row: flushed in
+its body (the flush fails there; any unit), or, in a nested unit, only added, so that the
+flush RELEASE makes fails (or COMMIT's, when the nested unit began the transaction itself).
 The same tree runs on the real database and through `Model`; the rows that survive, the
 hooks that ran (and their order), the exception the caller sees and which units shared a
 session must all agree.
@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, PendingRollbackError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import uow
@@ -44,7 +44,7 @@ BODY, RELEASE = "body", "release"  # where a nested unit's constraint violation 
 TAKEN = "taken"  # committed before every scenario: writing it again violates the unique name
 
 # Figures for docs/reliability.md, printed at the end of each test (pytest -s).
-FIGURES: dict[str, int] = {"scenarios": 0, "units": 0}
+FIGURES: dict[str, int] = {"scenarios": 0, "units": 0, "violations": 0}
 
 
 class Boom(Exception):
@@ -63,7 +63,7 @@ class Node:
     swallow: bool
     children: list[Node]
     id: int = -1
-    violates: str | None = None  # BODY or RELEASE: a nested unit's last act writes TAKEN again
+    violates: str | None = None  # BODY (any unit) or RELEASE (nested units): its last act writes TAKEN again
 
 
 def nodes(depth: int) -> st.SearchStrategy[Node]:
@@ -80,7 +80,9 @@ def nodes(depth: int) -> st.SearchStrategy[Node]:
 
 
 def _violations_in_nested_units_only(node: Node) -> Node:
-    if node.propagation != NESTED:
+    # A duplicate left unflushed in a joined unit would surface at whichever flush comes next,
+    # somewhere else in the tree: only nested units, which flush it when they end, leave one.
+    if node.violates == RELEASE and node.propagation != NESTED:
         node.violates = None
     return node
 
@@ -144,6 +146,10 @@ def size(tree: Node) -> int:
     return 1 + sum(size(child) for child in tree.children)
 
 
+def violations(tree: Node) -> int:
+    return (tree.violates is not None) + sum(violations(child) for child in tree.children)
+
+
 # -- the model ---------------------------------------------------------------------------------
 
 
@@ -152,18 +158,24 @@ class RollbackOnly:
 
 
 class Violation:
-    """The model's IntegrityError: a nested unit wrote TAKEN again."""
+    """The model's IntegrityError: a unit wrote TAKEN again."""
+
+
+class PendingRollback:
+    """The model's PendingRollbackError: SQL in a savepoint (or transaction) whose flush failed, before it ended."""
 
 
 ROLLBACK_ONLY = RollbackOnly()
 VIOLATION = Violation()
-Outcome = Boom | RollbackOnly | Violation | None
+PENDING_ROLLBACK = PendingRollback()
+Outcome = Boom | RollbackOnly | Violation | PendingRollback | None
 
 
 class MScope:
     def __init__(self, parent: MScope | None) -> None:
         self.parent = parent
         self.rollback_only = False
+        self.dead = False  # a flush failed in it: SQLAlchemy deactivated it until it ends
 
     def is_within(self, other: MScope) -> bool:
         scope: MScope | None = self
@@ -188,6 +200,10 @@ class Model:
     found in its body, it is raised there; found when releasing (or committing), it is raised
     instead of the release, and the savepoint is rolled back. Either way the enclosing unit
     can catch the IntegrityError and go on writing and committing.
+
+    A flush that fails deactivates the scope it ran in (the innermost savepoint, else the
+    transaction), as SQLAlchemy does: until the unit owning that scope ends, any SQL in it
+    (a write, a flush, a nested unit's SAVEPOINT) raises PendingRollbackError.
     """
 
     def __init__(self) -> None:
@@ -200,6 +216,8 @@ class Model:
             session = MSession(next(self._sessions))
             scope, kind = session.root, "begin"
         elif node.propagation == NESTED:
+            if active[1].dead:
+                return PENDING_ROLLBACK  # its SAVEPOINT is refused: the unit never starts
             session, scope, kind = active[0], MScope(active[1]), "savepoint"
         else:
             session, scope, kind = active[0], active[1], "join"
@@ -222,14 +240,21 @@ class Model:
     def _body(self, node: Node, session: MSession, scope: MScope) -> tuple[Outcome, bool]:
         """What the body raised, and whether it left a duplicate to be flushed when the unit ends."""
         if node.write == "before":
+            if scope.dead:
+                return PENDING_ROLLBACK, False
             session.pending.append((node.id, scope))
         for child in node.children:
             error = self.run(child, (session, scope))
             if error is not None and not node.swallow:
                 return error, False
         if node.write == "after":
+            if scope.dead:
+                return PENDING_ROLLBACK, False
             session.pending.append((node.id, scope))
         if node.violates == BODY:
+            if scope.dead:
+                return PENDING_ROLLBACK, False
+            scope.dead = True  # and in the database it is rolled back already
             return VIOLATION, False
         if node.raises:
             return Boom(node.id), False  # a duplicate left unflushed goes with the rollback
@@ -326,6 +351,8 @@ def outcome_of(call: Callable[[], object]) -> tuple[Outcome, BaseException | Non
         return ROLLBACK_ONLY, error
     except IntegrityError as error:
         return VIOLATION, error
+    except PendingRollbackError as error:
+        return PENDING_ROLLBACK, error
     return None, None
 
 
@@ -349,6 +376,8 @@ def assert_agrees(tree: Node, model: Model, expected: Outcome, seen: Outcome, tr
             return f"Boom({outcome.node_id})"
         if outcome is VIOLATION:
             return "IntegrityError"
+        if outcome is PENDING_ROLLBACK:
+            return "PendingRollbackError"
         return "RollbackOnlyError" if outcome is ROLLBACK_ONLY else "nothing"
 
     assert describe(seen) == describe(expected), f"caller saw {describe(seen)}, model says {describe(expected)}"
@@ -392,6 +421,7 @@ def test_sync_units_agree_with_the_model(backend: Backend) -> None:
             assert_agrees(tree, model, expected, seen, trace, item_names_sync(database))
             FIGURES["scenarios"] += 1
             FIGURES["units"] += len(trace.session_of)
+            FIGURES["violations"] += violations(tree)
 
         check()
     finally:
@@ -419,6 +449,7 @@ def test_async_units_agree_with_the_model(backend: Backend) -> None:
             assert_agrees(tree, model, expected, seen, trace, names)
             FIGURES["scenarios"] += 1
             FIGURES["units"] += len(trace.session_of)
+            FIGURES["violations"] += violations(tree)
 
         check()
     finally:
@@ -461,6 +492,30 @@ def leaf(propagation: str, *, write: str | None = "before", raises: bool = False
         (leaf(NESTED, violates=RELEASE), [], "violation"),
         # A nested unit that raises after adding the duplicate: its exception, not the violation.
         (Node(REQUIRED, "before", False, False, [leaf(NESTED, raises=True, violates=RELEASE)]), [], "boom1"),
+        # Django's case: a joined unit's flush fails inside a savepoint and the error is caught
+        # outside the nested unit; the owner goes on and commits.
+        (
+            Node(
+                REQUIRED, "after", False, True, [Node(NESTED, "before", False, False, [leaf(REQUIRED, violates=BODY)])]
+            ),
+            [0],
+            None,
+        ),
+        # Caught inside the nested unit instead, which then writes: the savepoint is dead until
+        # it ends, so that write raises PendingRollbackError; the owner catches it and commits.
+        (
+            Node(REQUIRED, "after", False, True, [Node(NESTED, "after", False, True, [leaf(REQUIRED, violates=BODY)])]),
+            [0],
+            None,
+        ),
+        # The same in the owner's own transaction: caught and written after, PendingRollbackError.
+        (Node(REQUIRED, "after", False, True, [leaf(REQUIRED, violates=BODY)]), [], "pending_rollback"),
+        # A nested unit cannot start in a dead scope.
+        (
+            Node(REQUIRED, None, False, True, [leaf(REQUIRED, violates=BODY), leaf(NESTED)]),
+            [],
+            "rollback_only",
+        ),
         # A violation inside a savepoint whose body swallowed a joined failure: RollbackOnlyError
         # wins (nothing is released, so nothing is flushed).
         (
@@ -486,6 +541,8 @@ def test_model_on_known_cases(tree: Node, committed: list[int], outcome: str | N
         assert result is ROLLBACK_ONLY
     elif outcome == "violation":
         assert result is VIOLATION
+    elif outcome == "pending_rollback":
+        assert result is PENDING_ROLLBACK
     else:
         assert isinstance(result, Boom)
         assert result.node_id == int(outcome.removeprefix("boom"))
