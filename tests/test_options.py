@@ -147,20 +147,25 @@ def test_read_only_unit_that_raises_leaves_the_connection_writable(db: uow.Datab
 
 
 def test_read_only_unit_refuses_writes_again_after_rolling_back_inside(db: uow.Database) -> None:
+    # A rollback inside the unit is reported (OwnershipError); code that catches it and writes on
+    # gets a new transaction, and that one must refuse writes too.
     @uow.unit_of_work(database=db, read_only=True)
     def write_after_rollback(session: Session) -> None:
         session.execute(select(Item.id))
-        session.rollback()
+        with pytest.raises(uow.OwnershipError):
+            session.rollback()
         session.execute(insert(Item).values(name="refused"))
 
     @uow.unit_of_work(database=db, read_only=True)
     def end_with_rollback(session: Session) -> None:
         session.execute(select(Item.id))
-        session.rollback()
+        with pytest.raises(uow.OwnershipError):
+            session.rollback()
 
     with pytest.raises(DBAPIError, match=READ_ONLY_REFUSAL):
         write_after_rollback()
-    end_with_rollback()
+    with pytest.raises(uow.RollbackOnlyError, match="rolled back or closed"):
+        end_with_rollback()
     with uow.unit_of_work(database=db) as session:
         session.add(Item(name="written"))
     assert names_sync(db) == ["written"]
@@ -269,17 +274,20 @@ async def test_async_read_only_unit_refuses_writes_again_after_rolling_back_insi
     @uow.unit_of_work(database=adb, read_only=True)
     async def write_after_rollback(session: AsyncSession) -> None:
         await session.execute(select(Item.id))
-        await session.rollback()
+        with pytest.raises(uow.OwnershipError):
+            await session.rollback()
         await session.execute(insert(Item).values(name="refused"))
 
     @uow.unit_of_work(database=adb, read_only=True)
     async def end_with_rollback(session: AsyncSession) -> None:
         await session.execute(select(Item.id))
-        await session.rollback()
+        with pytest.raises(uow.OwnershipError):
+            await session.rollback()
 
     with pytest.raises(DBAPIError, match=READ_ONLY_REFUSAL):
         await write_after_rollback()
-    await end_with_rollback()
+    with pytest.raises(uow.RollbackOnlyError, match="rolled back or closed"):
+        await end_with_rollback()
     async with uow.unit_of_work(database=adb) as session:
         session.add(Item(name="written"))
     assert await names_async(adb) == ["written"]
@@ -348,17 +356,21 @@ def test_isolation_level_holds_for_every_transaction_of_the_unit(db: uow.Databas
     level = OTHER_LEVEL[sync_target.dialect]
     query = text(drivers.isolation_query(sync_target.dialect))
 
-    @uow.unit_of_work(database=db, isolation_level=level)
-    def commit_halfway(session: Session) -> list[str]:
-        seen = [drivers.normalise_level(session.execute(query).scalar())]
-        session.add(Item(name="first half"))
-        session.commit()
-        seen.append(drivers.normalise_level(session.execute(query).scalar()))
-        session.rollback()
-        seen.append(drivers.normalise_level(session.execute(query).scalar()))
-        return seen
+    seen: list[str] = []
 
-    assert commit_halfway() == [level, level, level]
+    # A rollback inside the unit is reported (OwnershipError) and dooms the unit; code that catches
+    # it and carries on runs in a new transaction, at the unit's level too.
+    @uow.unit_of_work(database=db, isolation_level=level)
+    def roll_back_halfway(session: Session) -> None:
+        seen.append(drivers.normalise_level(session.execute(query).scalar()))
+        session.add(Item(name="first half"))
+        with pytest.raises(uow.OwnershipError):
+            session.rollback()
+        seen.append(drivers.normalise_level(session.execute(query).scalar()))
+
+    with pytest.raises(uow.RollbackOnlyError):
+        roll_back_halfway()
+    assert seen == [level, level]
     with uow.unit_of_work(database=db) as session:
         assert drivers.normalise_level(session.execute(query).scalar()) == drivers.default_level(sync_target.dialect)
 
@@ -454,17 +466,19 @@ async def test_async_isolation_level_holds_for_every_transaction_of_the_unit(
     level = OTHER_LEVEL[async_target.dialect]
     query = text(drivers.isolation_query(async_target.dialect))
 
-    @uow.unit_of_work(database=adb, isolation_level=level)
-    async def commit_halfway(session: AsyncSession) -> list[str]:
-        seen = [drivers.normalise_level((await session.execute(query)).scalar())]
-        session.add(Item(name="first half"))
-        await session.commit()
-        seen.append(drivers.normalise_level((await session.execute(query)).scalar()))
-        await session.rollback()
-        seen.append(drivers.normalise_level((await session.execute(query)).scalar()))
-        return seen
+    seen: list[str] = []
 
-    assert await commit_halfway() == [level, level, level]
+    @uow.unit_of_work(database=adb, isolation_level=level)
+    async def roll_back_halfway(session: AsyncSession) -> None:
+        seen.append(drivers.normalise_level((await session.execute(query)).scalar()))
+        session.add(Item(name="first half"))
+        with pytest.raises(uow.OwnershipError):
+            await session.rollback()
+        seen.append(drivers.normalise_level((await session.execute(query)).scalar()))
+
+    with pytest.raises(uow.RollbackOnlyError):
+        await roll_back_halfway()
+    assert seen == [level, level]
     async with uow.unit_of_work(database=adb) as session:
         seen = drivers.normalise_level((await session.execute(query)).scalar())
         assert seen == drivers.default_level(async_target.dialect)

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from sqlalchemy.orm import Session, sessionmaker
 
 from uow._database import AnySessionFactory, Database, resolve_database
-from uow._unit import OPENED_BY_KEY, Frame, Hook, _current, hook_capture, innermost_frame
+from uow._unit import OPENED_BY_KEY, Frame, Hook, _current, hook_capture, innermost_frame, release_guard
 from uow.errors import ConfigurationError, UowError
 
 __all__ = ["CapturedHooks", "UnitLeftOpenError", "bound_to_transaction", "capture_on_commit"]
@@ -354,6 +354,7 @@ def _in_transaction(session: Session | AsyncSession) -> bool:
 
 
 def _close_quietly_sync(session: Session) -> None:
+    release_guard(session)  # the unit it belonged to will never end it: this close is not user code's
     try:
         session.close()
     except Exception:
@@ -361,6 +362,7 @@ def _close_quietly_sync(session: Session) -> None:
 
 
 async def _close_quietly_async(session: AsyncSession) -> None:
+    release_guard(session)  # the unit it belonged to will never end it: this close is not user code's
     try:
         await session.close()
     except Exception:

@@ -22,6 +22,9 @@ Entering a unit decides one of four things (`_decide`):
 
 A scope marked rollback-only that is left without an exception (the failure was
 swallowed) is rolled back and `RollbackOnlyError` is raised instead of a commit.
+While an owned transaction runs, its session refuses the user's own commit and reports
+their rollback or close (`OwnershipError`), marking the unit rollback-only: nobody
+commits behind the unit's back (the listeners near the end of this module).
 ``on_commit`` hooks run, in registration order, after the owning unit commits.
 """
 
@@ -33,6 +36,7 @@ import enum
 import inspect
 import logging
 import os
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar, Union
 
@@ -42,7 +46,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, A
 from sqlalchemy.orm import Session, SessionTransaction
 
 from uow._database import Database, forget_savepoint_end, get_default_database, savepoint_end, track_savepoint_ends
-from uow.errors import ConfigurationError, NoActiveUnitOfWork, PropagationError, RollbackOnlyError
+from uow.errors import (
+    ConfigurationError,
+    NoActiveUnitOfWork,
+    OwnershipError,
+    PropagationError,
+    RollbackOnlyError,
+)
 
 __all__ = [
     "Frame",
@@ -149,6 +159,8 @@ class Transaction:
         self.root = Scope(None, None)
         self.hooks: list[tuple[Hook, Scope]] = []
         self.finished = False
+        if session is not None and owned:
+            _guard(session, self)
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -166,6 +178,7 @@ class Transaction:
             except BaseException:
                 session.close()
                 raise
+            _guard(session, self)
             self.session = session
         return self.session  # type: ignore[return-value]
 
@@ -186,6 +199,7 @@ class Transaction:
                 if cancellation is not None:
                     await _to_completion(_close_async(session))
                     raise cancellation
+            _guard(session, self)
             self.session = session
         return self.session  # type: ignore[return-value]
 
@@ -203,9 +217,13 @@ class Transaction:
             self._finish_without_session(exc)
             return
         assert isinstance(session, Session)
+        _release_guard(session.info)
         if exc is not None or self.root.rollback_only or self.read_only:
             self._roll_back_sync(session, exc)
             return
+        if _flush_failed(session):
+            self._roll_back_sync(session, None)
+            raise _flush_failed_error(self)
         try:
             interrupt = _commit_sync(session)
         except BaseException as failure:
@@ -244,6 +262,7 @@ class Transaction:
                 await self._run_async_hooks_only()
             return
         assert isinstance(session, AsyncSession)
+        _release_guard(session.info)
         (committed, interrupt), cancellation = await _to_completion(self._end_async(session, exc))
         if committed:
             await self.run_hooks_async()
@@ -257,6 +276,9 @@ class Transaction:
         if exc is not None or self.root.rollback_only or self.read_only:
             await self._roll_back_async(session, exc)
             return False, None
+        if _flush_failed(session.sync_session):
+            await self._roll_back_async(session, None)
+            raise _flush_failed_error(self)
         try:
             interrupt = await _commit_async(session)
         except BaseException as failure:
@@ -946,8 +968,28 @@ def _finished_error(tx: Transaction) -> NoActiveUnitOfWork:
     )
 
 
+def _flush_failed(session: Session) -> bool:
+    """Whether SQLAlchemy rolled the unit's transaction back after a failed flush (the body swallowed the error)."""
+    transaction = session.get_transaction()
+    return transaction is not None and not transaction.is_active
+
+
+def _flush_failed_error(tx: Transaction) -> RollbackOnlyError:
+    return RollbackOnlyError(
+        f"the unit of work on {tx.database!r} was rolled back instead of committed: a flush inside it failed "
+        "(SQLAlchemy rolled the transaction back) and the error was swallowed. Let the error propagate, "
+        "or run the statements that may fail in a unit with propagation='nested' to recover from it"
+    )
+
+
 def _rollback_only_error(tx: Transaction, *, savepoint: bool = False) -> RollbackOnlyError:
     where = "savepoint" if savepoint else f"unit of work on {tx.database!r}"
+    refused = tx.session.info.get(_REFUSED_KEY) if tx.session is not None and not savepoint else None
+    if refused is not None and refused[0] is tx.root:
+        return RollbackOnlyError(
+            f"the {where} was rolled back instead of committed: code inside it caught this error and "
+            f"carried on: {refused[1]}"
+        )
     return RollbackOnlyError(
         f"the {where} was rolled back instead of committed: an inner unit that joined it raised, "
         "and the exception was swallowed. Let the exception propagate, or run the inner unit with "
@@ -1145,6 +1187,150 @@ def _note_commit(session: Session) -> None:
     info = session.info
     if _COMMITTED in info and not session.in_nested_transaction():
         info[_COMMITTED] = True
+
+
+# -- nobody commits behind the unit's back -----------------------------------------------------
+#
+# A session uow owns carries its Transaction in ``session.info`` while the unit runs (`_guard`); the
+# unit's ending removes it (`_release_guard`) before uow commits, rolls back and closes, so only
+# user code meets the listeners below. They are registered on the Session class (an AsyncSession's
+# calls reach its sync_session), so sessions from any factory, request units and uow.testing's
+# bound sessions are all covered, and a session passed with ``session=`` (never guarded) is not.
+# SQLAlchemy has an event before a commit but none before a rollback or a close: a commit is refused
+# before anything is written; a rollback or close is reported right after it happened, and the unit
+# is marked rollback-only so that what is left of it can never be committed.
+
+_GUARD_KEY = "uow_guarded_by"
+# The first refusal, as (the scope it marked rollback-only, its message): the RollbackOnlyError that
+# ends a unit whose code caught the refusal and carried on repeats it.
+_REFUSED_KEY = "uow_refused"
+
+
+def _guard(session: AnySession, tx: Transaction) -> None:
+    session.info[_GUARD_KEY] = tx
+
+
+def _release_guard(info: dict[Any, Any]) -> None:
+    info.pop(_GUARD_KEY, None)
+
+
+def release_guard(session: AnySession) -> None:
+    """Let uow's own code (uow.testing closing sessions a test left open) end a guarded session."""
+    _release_guard(session.info)
+
+
+@event.listens_for(Session, "before_commit")
+def _refuse_commit(session: Session) -> None:
+    tx: Transaction | None = session.info.get(_GUARD_KEY)
+    if tx is None:
+        return
+    nested = session.get_nested_transaction()
+    if nested is not None and not _is_unit_savepoint(tx, nested):
+        return  # releasing a savepoint the user's own code began ('with session.begin_nested():')
+    # The root, or a savepoint of a `nested` unit still running (uow releases its own only after the
+    # unit's frame is gone): either way part of the unit would be committed behind its back.
+    error = _commit_refused(tx, advanced_alchemy=_called_from("advanced_alchemy."))
+    scope = _innermost_scope(tx)
+    scope.rollback_only = True
+    session.info.setdefault(_REFUSED_KEY, (scope, str(error)))
+    raise error
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _report_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is not None:
+        return
+    tx: Transaction | None = session.info.get(_GUARD_KEY)
+    if tx is None:
+        return
+    # User code rolled back or closed the unit's transaction: all of its work so far is gone.
+    scope: Scope | None = _innermost_scope(tx)
+    while scope is not None:
+        scope.rollback_only = True
+        scope = scope.parent
+    if isinstance(sys.exc_info()[1], OwnershipError):
+        # A refusal is on its way already: SQLAlchemy rolling back the 'with session.begin():' block
+        # whose commit was refused, or an 'except: session.rollback(); raise' around a refused commit.
+        # (Across the asyncio bridge the refusal being handled is not visible: this is reported too.)
+        return
+    error = _end_reported(tx)
+    session.info[_REFUSED_KEY] = (tx.root, str(error))
+    raise error
+
+
+def _is_unit_savepoint(tx: Transaction, nested: SessionTransaction) -> bool:
+    frame = _current.get()
+    while frame is not None:
+        savepoint = frame.scope.savepoint
+        if frame.transaction is tx and savepoint is not None:
+            sync = savepoint.sync_transaction if isinstance(savepoint, AsyncSessionTransaction) else savepoint
+            if sync is nested:
+                return True
+        frame = frame.parent
+    return False
+
+
+def _innermost_scope(tx: Transaction) -> Scope:
+    frame = _current.get()
+    while frame is not None:
+        if frame.transaction is tx:
+            return frame.scope
+        frame = frame.parent
+    return tx.root
+
+
+def _unit_label(tx: Transaction) -> str:
+    return tx.what or "the request's unit of work"
+
+
+def _commit_refused(tx: Transaction, *, advanced_alchemy: bool) -> OwnershipError:
+    what = _unit_label(tx)
+    hint = (
+        " The commit came from advanced-alchemy: a service or repository made with auto_commit=True "
+        "commits on every call; leave auto_commit off inside a unit."
+        if advanced_alchemy
+        else ""
+    )
+    return OwnershipError(
+        f"{what}: session.commit() (or the end of a 'with session.begin():' block) inside its unit of work "
+        "is refused: uow commits when the unit ends, and committing here would make part of the unit "
+        "permanent before the rest, where a later error could no longer undo it. Use session.flush() to "
+        "send the changes now (it also fills in generated ids) and let the unit commit them; the unit "
+        f"will roll back now.{hint}"
+    )
+
+
+def _end_reported(tx: Transaction) -> OwnershipError:
+    what = _unit_label(tx)
+    return OwnershipError(
+        f"{what}: the session of its unit of work was rolled back or closed (session.rollback(), "
+        "session.close() or similar) by code inside the unit, which ends the transaction itself. "
+        "The unit's work so far is discarded, and the unit will roll back. To undo everything, raise "
+        "and let the unit roll back; to undo a part and carry on, run that part with propagation='nested' "
+        "or inside 'with session.begin_nested():'; leave closing the session to uow"
+    )
+
+
+def _called_from(package: str) -> bool:
+    """Whether a frame of `package` is on the stack, also across SQLAlchemy's asyncio greenlet bridge."""
+    frames: list[Any] = [sys._getframe(1)]
+    greenlet = sys.modules.get("greenlet")
+    if greenlet is not None:
+        parent = greenlet.getcurrent().parent
+        if parent is not None and parent.gr_frame is not None:
+            frames.append(parent.gr_frame)  # an AsyncSession call: its awaiting coroutines are up there
+    for innermost in frames:
+        frame = innermost
+        for _ in range(_STACK_LIMIT):
+            if frame is None:
+                break
+            if str(frame.f_globals.get("__name__", "")).startswith(package):
+                return True
+            frame = frame.f_back
+    return False
+
+
+_STACK_LIMIT = 200
 
 
 def _commit_sync(session: Session) -> BaseException | None:

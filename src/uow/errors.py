@@ -6,6 +6,7 @@ __all__ = [
     "ConfigurationError",
     "InjectionError",
     "NoActiveUnitOfWork",
+    "OwnershipError",
     "PropagationError",
     "RollbackOnlyError",
     "UowError",
@@ -26,6 +27,10 @@ class InjectionError(UowError, TypeError):
 
 class NoActiveUnitOfWork(UowError):
     """Something that needs an active unit of work was used outside of one."""
+
+
+class OwnershipError(UowError):
+    """Code inside a unit of work committed, rolled back or closed the session the unit owns."""
 
 
 class PropagationError(UowError):

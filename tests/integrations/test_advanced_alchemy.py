@@ -196,16 +196,52 @@ async def test_services_flush_and_the_unit_commits(aa_async_db: uow.Database) ->
         assert (await service.get(token_id)).email == "a@x"
 
 
-async def test_auto_commit_true_commits_behind_the_units_back(aa_async_db: uow.Database) -> None:
-    # Why the docs say to leave auto_commit off inside a unit: the service commits the unit's
-    # session itself, and the unit's rollback can no longer undo that work.
-    @uow.with_services(RefreshTokenService)
-    async def create_with_auto_commit(service: RefreshTokenService) -> None:
-        await service.create(RefreshToken(email="a@x", expires_at=VALID), auto_commit=True)
-        raise RuntimeError("after an auto-committed create")
+async def test_auto_commit_true_inside_a_unit_is_refused(aa_async_db: uow.Database) -> None:
+    # A service made with auto_commit=True commits the unit's session itself, which would put its
+    # work beyond the unit's rollback: uow refuses the commit, naming auto_commit, and nothing is kept.
+    @uow.with_services(RefreshTokenService, PasswordResetService)
+    async def create_with_auto_commit(refresh: RefreshTokenService, reset: PasswordResetService) -> None:
+        await reset.create(PasswordResetToken(email="first@x", expires_at=VALID))
+        await refresh.create(RefreshToken(email="a@x", expires_at=VALID), auto_commit=True)
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(uow.OwnershipError, match="auto_commit=True") as refused:
         await create_with_auto_commit()
+    assert "create_with_auto_commit" in str(refused.value)
+    assert "session.flush()" in str(refused.value)
+    assert await remaining() == (0, 0, 0)
+
+
+async def test_a_service_made_with_auto_commit_is_refused_too(aa_async_db: uow.Database) -> None:
+    @uow.with_services(RefreshTokenService)
+    async def create(service: RefreshTokenService) -> None:
+        auto = RefreshTokenService(session=service.repository.session, auto_commit=True)
+        await auto.create_many([RefreshToken(email=f"{i}@x", expires_at=VALID) for i in range(2)])
+
+    with pytest.raises(uow.OwnershipError, match="auto_commit=True"):
+        await create()
+    assert await remaining() == (0, 0, 0)
+
+
+def test_a_sync_service_with_auto_commit_is_refused(aa_sync_db: uow.Database) -> None:
+    @uow.with_services(RefreshTokenSyncService)
+    def create(service: RefreshTokenSyncService) -> None:
+        service.create(RefreshToken(email="a@x", expires_at=VALID), auto_commit=True)
+
+    with pytest.raises(uow.OwnershipError, match="auto_commit=True"):
+        create()
+    with uow.provide_services(RefreshTokenSyncService) as (service,):
+        assert service.count() == 0
+
+
+async def test_auto_commit_on_a_session_the_caller_passed_commits(aa_async_db: uow.Database) -> None:
+    # session= stays the caller's: uow does not guard it, so auto_commit commits as the caller asked.
+    @uow.with_services(RefreshTokenService)
+    async def create(service: RefreshTokenService) -> None:
+        await service.create(RefreshToken(email="a@x", expires_at=VALID), auto_commit=True)
+
+    factory = aa_async_db.session_factory
+    async with factory() as session:
+        await create(session=session)  # type: ignore[call-arg]
     assert await remaining() == (0, 0, 1)
 
 
