@@ -259,7 +259,7 @@ class Transaction:
             self._roll_back_sync(session, exc or straggler)
         if exc is None:
             raise straggler
-        _note_secondary(exc, "ending the unit", straggler)
+        _note_straggler(exc, straggler)
 
     async def finish_async(self, exc: BaseException | None) -> None:
         """Commit (no exception, not rollback-only, not read-only) or roll back; always close; then run hooks.
@@ -289,7 +289,7 @@ class Transaction:
                 raise cancellation
             if exc is None:
                 raise straggler
-            _note_secondary(exc, "ending the unit", straggler)
+            _note_straggler(exc, straggler)
             return
         (committed, interrupt), cancellation = await _to_completion(self._end_async(session, exc))
         if committed:
@@ -798,6 +798,7 @@ def enter_sync(
         assert frame is not None
         tx = frame.transaction
         foreign = _enter_foreign(spec, frame)
+        previous = _hold(tx, spec)
         try:
             outer = tx.open_sync()
             scope = Scope(frame.scope, outer.begin_nested())
@@ -805,6 +806,8 @@ def enter_sync(
             if foreign is not None:
                 _leave_foreign(ActiveUnit(kind, tx, frame.scope, None, foreign))
             raise
+        finally:
+            tx.busy = previous
         token = _current.set(Frame(database, tx, scope, _current.get()))
         return ActiveUnit(kind, tx, scope, token, foreign), outer
     assert session is not None
@@ -849,6 +852,7 @@ async def enter_async(
         assert frame is not None
         tx = frame.transaction
         foreign = _enter_foreign(spec, frame)
+        previous = _hold(tx, spec)
         try:
             outer = await tx.open_async()
             scope = Scope(frame.scope, await outer.begin_nested())
@@ -856,6 +860,8 @@ async def enter_async(
             if foreign is not None:
                 _leave_foreign(ActiveUnit(kind, tx, frame.scope, None, foreign))
             raise
+        finally:
+            tx.busy = previous
         token = _current.set(Frame(database, tx, scope, _current.get()))
         return ActiveUnit(kind, tx, scope, token, foreign), outer
     assert session is not None
@@ -912,11 +918,23 @@ async def exit_async(unit: ActiveUnit, exc: BaseException | None) -> None:
     _exit_external(unit, exc)
 
 
+def _mark_busy(unit: ActiveUnit) -> object:
+    tx, joined = unit.transaction, unit.foreign
+    assert joined is not None
+    previous, tx.busy = tx.busy, joined.user
+    return previous
+
+
 def _exit_foreign_sync(unit: ActiveUnit, exc: BaseException | None) -> None:
     # A join or savepoint entered from another thread: end it like any other, then hand the session back.
     try:
         if unit.kind is Kind.SAVEPOINT and not unit.transaction.finished:
-            _exit_savepoint_sync(unit, exc)
+            # Releasing or rolling back is a statement too: nobody may end the unit under it.
+            previous = _mark_busy(unit)
+            try:
+                _exit_savepoint_sync(unit, exc)
+            finally:
+                unit.transaction.busy = previous
         elif exc is not None:
             unit.scope.rollback_only = True
     finally:
@@ -931,7 +949,11 @@ def _exit_foreign_sync(unit: ActiveUnit, exc: BaseException | None) -> None:
 async def _exit_foreign_async(unit: ActiveUnit, exc: BaseException | None) -> None:
     try:
         if unit.kind is Kind.SAVEPOINT and not unit.transaction.finished:
-            await _exit_savepoint_async(unit, exc)
+            previous = _mark_busy(unit)
+            try:
+                await _exit_savepoint_async(unit, exc)
+            finally:
+                unit.transaction.busy = previous
         elif exc is not None:
             unit.scope.rollback_only = True
     finally:
@@ -1083,6 +1105,21 @@ def _enter_foreign(spec: UnitSpec, frame: Frame) -> ForeignJoin | None:
     return joined
 
 
+def _hold(tx: Transaction, spec: UnitSpec) -> object:
+    """Before SAVEPOINT (a statement outside the Session's events): refuse it as a statement would be
+    refused, then mark this task/thread as in a statement; what was marked before (to restore)."""
+    me = current_user(tx.is_async)
+    with _lock:
+        inside = tx.inside
+        if inside and inside[-1].user != me:
+            raise _concurrent_join_error(spec, tx, f"{inside[-1].what} (joined from {_who(inside[-1].user)})")
+        busy = tx.busy
+        if busy is not None and busy != me:
+            raise _concurrent_join_error(spec, tx, f"{_who(busy)}, in a statement on it right now")
+        tx.busy = me
+    return busy
+
+
 def _leave_foreign(unit: ActiveUnit) -> PropagationError | None:
     """Hand the session back; the error a straggler gets when its unit ended while it ran."""
     joined = unit.foreign
@@ -1124,6 +1161,14 @@ def _straggler_error(tx: Transaction) -> PropagationError:
         f"joined it was still running ({running}): it rolled back instead of committing. Await every "
         "task that uses the unit before it returns, or give those functions propagation='requires_new'"
     )
+
+
+def _note_straggler(exc: BaseException, straggler: PropagationError) -> None:
+    # The unit was failing anyway: its own error stays the one raised, and says a child still ran.
+    add_note = getattr(exc, "add_note", None)
+    if add_note is not None:
+        add_note(f"uow: {straggler}")
+    logger.warning("uow: %s", straggler)
 
 
 def _busy_elsewhere(tx: Transaction) -> bool:
