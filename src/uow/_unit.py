@@ -761,8 +761,12 @@ def join_innermost(spec: UnitSpec, want_async: bool) -> ActiveUnit | None:
     frame = _current.get()
     if frame is None or not spec.required:
         return None
-    database = spec.database if spec.database is not None else get_default_database()
-    if database is None or frame.database is not database or database.is_async != want_async:
+    database = spec.database
+    if database is None:
+        database = get_default_database()
+        if database is None:
+            return None
+    if frame.database is not database or database.is_async != want_async:
         return None
     tx = frame.transaction
     if tx.finished:
