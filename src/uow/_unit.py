@@ -210,9 +210,10 @@ class Transaction:
         Once COMMIT went through, the unit's work is done: a failure while releasing or closing
         afterwards is logged, not raised, and the hooks still run (an interrupt is re-raised after them).
         """
-        self.finished = True
+        with _lock:  # a thread joining right now either sees the unit finished or is seen inside
+            self.finished = True
+            straggler = _straggler_error(self) if self.inside else None
         session = self.session
-        straggler = _straggler_error(self) if self.inside else None
         if session is None:
             if straggler is not None:
                 self.hooks.clear()
@@ -253,9 +254,7 @@ class Transaction:
     def _abandon_sync(self, session: Session, exc: BaseException | None, straggler: PropagationError) -> None:
         # A unit that joined from another thread is still running: never commit under it.
         self.hooks.clear()
-        if _busy_elsewhere(self):
-            self._leave_to_straggler(session)
-        else:
+        if self._seal_for_straggler(session):
             self._roll_back_sync(session, exc or straggler)
         if exc is None:
             raise straggler
@@ -269,9 +268,10 @@ class Transaction:
         it is re-raised afterwards (after the hooks, when the unit committed). Once COMMIT went
         through, a failure to close is logged, not raised.
         """
-        self.finished = True
+        with _lock:  # a thread joining right now either sees the unit finished or is seen inside
+            self.finished = True
+            straggler = _straggler_error(self) if self.inside else None
         session = self.session
-        straggler = _straggler_error(self) if self.inside else None
         if session is None:
             if straggler is not None:
                 self.hooks.clear()
@@ -328,17 +328,22 @@ class Transaction:
     ) -> None:
         # A unit that joined from another task is still running: never commit under it.
         self.hooks.clear()
-        if _busy_elsewhere(self):
-            self._leave_to_straggler(session)
-        else:
+        if self._seal_for_straggler(session):
             await self._roll_back_async(session, exc or straggler)
 
-    def _leave_to_straggler(self, session: AnySession) -> None:
-        # It is in a statement on the session right now: touching the session would race it (asyncpg's
-        # "another operation is in progress", SQLAlchemy's illegal state change), even to invalidate it.
-        # Seal it so its next statement fails, and let it roll back and close as it leaves.
-        self.abandoned = True
-        _seal(session)
+    def _seal_for_straggler(self, session: AnySession) -> bool:
+        """Seal the session so the straggler's next statement fails; whether it is ours to roll back now.
+
+        If the straggler is in a statement right now, touching the session would race it (asyncpg's
+        "another operation is in progress", SQLAlchemy's illegal state change), even to invalidate it:
+        it is left to the straggler, which rolls back and closes it as it leaves.
+        """
+        with _lock:
+            _seal(session)
+            if _busy_elsewhere(self):
+                self.abandoned = True
+                return False
+            return True
 
     def close_abandoned_sync(self) -> None:
         """Roll back and close what `_leave_to_straggler` left; the last straggler calls it as it leaves."""
@@ -1114,6 +1119,8 @@ def _enter_foreign(spec: UnitSpec, frame: Frame) -> ForeignJoin | None:
     if frame.owner == me:
         return None
     with _lock:
+        if tx.finished:
+            raise _finished_error(tx)
         inside = tx.inside
         holder = inside[-1] if inside else None
         if holder is not None and holder.user != frame.owner:
