@@ -22,6 +22,8 @@ from typing import Any
 import anyio
 import pytest
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session
 
 import uow
 from tests import drivers
@@ -495,3 +497,36 @@ def test_sync_unit_ending_while_its_thread_runs_rolls_back(sdb: uow.Database) ->
         release.set()
         assert isinstance(straggler.exception(WAIT), NoActiveUnitOfWork)
     assert committed(sdb) == []
+
+
+# -- the checks stay on uow's sessions -------------------------------------------------------------------------
+
+
+async def test_checks_cost_nothing_to_sessions_outside_uow(adb: uow.Database) -> None:
+    @with_services(AsyncItemService, database=adb)
+    async def write(items: AsyncItemService) -> None:
+        await items.add("one")
+
+    await write()
+    # A do_orm_execute listener on Session itself would make SQLAlchemy build an execute state for
+    # every statement of every session in the process.
+    outside = Session()
+    assert not outside.dispatch.do_orm_execute
+    assert not outside.dispatch.before_flush
+
+
+async def test_user_sync_session_class_is_kept_and_guarded(tmp_path: Path) -> None:
+    class MySession(Session):
+        pass
+
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'own.sqlite3'}")
+    database = uow.Database(session_factory=async_sessionmaker(engine, sync_session_class=MySession))
+    try:
+        async with unit_of_work(database=database) as session:
+            assert type(session.sync_session) is MySession
+            kept = session
+        with pytest.raises(NoActiveUnitOfWork):
+            await kept.execute(select(1))
+        assert checked_out(database) == 0
+    finally:
+        await engine.dispose()

@@ -41,7 +41,7 @@ from typing import Any, TypeVar, Union
 
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncSessionTransaction
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from uow._database import Database, get_default_database
 from uow.errors import ConfigurationError, NoActiveUnitOfWork, PropagationError, RollbackOnlyError
@@ -1303,11 +1303,34 @@ def _refuse_reopening(session: Session, transaction: SessionTransaction) -> None
         raise _closed_error(info[_TX_KEY])
 
 
-event.listen(Session, "do_orm_execute", _guard_execute)
-event.listen(Session, "before_flush", _guard_flush)
-event.listen(Session, "after_flush_postexec", _flush_ended)
-event.listen(Session, "after_soft_rollback", _flush_ended)
-event.listen(Session, "after_transaction_create", _refuse_reopening)
+_GUARDS: tuple[tuple[str, Callable[..., Any]], ...] = (
+    ("do_orm_execute", _guard_execute),
+    ("before_flush", _guard_flush),
+    ("after_flush_postexec", _flush_ended),
+    ("after_soft_rollback", _flush_ended),
+    ("after_transaction_create", _refuse_reopening),
+)
+_guarded: set[type[Session]] = set()
+
+
+class GuardedSession(Session):
+    """The sync half of the AsyncSessions uow makes when the factory names no class of its own.
+
+    The statement checks are Session events on a class; listening on `Session` itself would cost
+    every session in the process (a `do_orm_execute` listener makes SQLAlchemy build an execute
+    state per statement), so they go on the classes uow's sessions are made of: each sync
+    sessionmaker's own subclass, an async factory's sync_session_class, or this class.
+    """
+
+
+def _guard_class(cls: type[Session]) -> None:
+    if cls in _guarded:
+        return
+    with _lock:
+        if cls not in _guarded:
+            for name, listener in _GUARDS:
+                event.listen(cls, name, listener)
+            _guarded.add(cls)
 
 
 # -- session effects --------------------------------------------------------------------------
@@ -1320,10 +1343,18 @@ def _new_session(database: Database, read_only: bool, isolation_level: str | Non
     option, so every connection it takes runs at it: also after a commit or rollback inside the unit.
     """
     factory = database.session_factory_for(read_only=read_only)
+    options: dict[str, Any] = {}
     bind = factory.kw.get("bind")
     if isolation_level is not None and isinstance(bind, (Engine, AsyncEngine)):
-        return factory(bind=bind.execution_options(isolation_level=isolation_level))
-    return factory()
+        options["bind"] = bind.execution_options(isolation_level=isolation_level)
+    if isinstance(factory, sessionmaker):
+        _guard_class(factory.class_)  # its own subclass: only the sessions it makes
+    else:
+        sync_class = factory.kw.get("sync_session_class") or factory.class_.sync_session_class
+        if sync_class is Session:
+            options["sync_session_class"] = sync_class = GuardedSession
+        _guard_class(sync_class)
+    return factory(**options)
 
 
 def _apply_begin_options_sync(session: Session, read_only: bool, isolation_level: str | None) -> None:
