@@ -531,3 +531,48 @@ async def test_user_sync_session_class_is_kept_and_guarded(tmp_path: Path) -> No
         assert checked_out(database) == 0
     finally:
         await engine.dispose()
+
+
+# -- a plain coroutine on the unit's session, left running ---------------------------------------------------
+
+
+async def test_unit_ending_under_a_plain_task_in_a_statement_rolls_back(adb: uow.Database) -> None:
+    tasks: list[asyncio.Task[Any]] = []
+
+    @with_services(AsyncItemService, database=adb)
+    async def parent(items: AsyncItemService) -> None:
+        await items.add("parent")
+        tasks.append(asyncio.create_task(items.names()))  # not a decorated call: it never joins the unit
+        # returns at once: the task's statement runs while the unit ends
+
+    with pytest.raises(PropagationError):
+        await parent()
+    await _settle_tasks()
+    assert await committed_async(adb) == []
+    assert checked_out(adb) == 0
+    await _writer(adb)("next")  # the connection went back to the pool clean
+    assert await committed_async(adb) == ["next"]
+
+
+async def test_unit_failing_while_a_plain_task_is_in_a_statement_leaks_nothing(adb: uow.Database) -> None:
+    tasks: list[asyncio.Task[Any]] = []
+    inside = asyncio.Event()
+
+    async def slow_read(items: AsyncItemService) -> list[str]:
+        inside.set()
+        return await items.names()
+
+    @with_services(AsyncItemService, database=adb)
+    async def parent(items: AsyncItemService) -> None:
+        await items.add("parent")
+        tasks.append(asyncio.create_task(slow_read(items)))
+        await asyncio.wait_for(inside.wait(), WAIT)
+        raise ValueError("the unit fails while its session is in use elsewhere")
+
+    with pytest.raises(ValueError):
+        await parent()
+    await _settle_tasks()
+    assert await committed_async(adb) == []
+    assert checked_out(adb) == 0
+    await _writer(adb)("next")
+    assert await committed_async(adb) == ["next"]

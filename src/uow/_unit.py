@@ -212,7 +212,17 @@ class Transaction:
         """
         with _lock:  # a thread joining right now either sees the unit finished or is seen inside
             self.finished = True
-            straggler = _straggler_error(self) if self.inside else None
+            straggler = _straggler_error(self) if self.inside or _busy_elsewhere(self) else None
+            if straggler is None:
+                # Ending is a statement too: another thread using the session meanwhile is refused.
+                self.busy = get_ident()
+        try:
+            self._end_sync(exc, straggler)
+        finally:
+            if straggler is None:
+                self.busy = None
+
+    def _end_sync(self, exc: BaseException | None, straggler: PropagationError | None) -> None:
         session = self.session
         if session is None:
             if straggler is not None:
@@ -268,36 +278,44 @@ class Transaction:
         it is re-raised afterwards (after the hooks, when the unit committed). Once COMMIT went
         through, a failure to close is logged, not raised.
         """
-        with _lock:  # a thread joining right now either sees the unit finished or is seen inside
-            self.finished = True
-            straggler = _straggler_error(self) if self.inside else None
+        self.finished = True
         session = self.session
         if session is None:
-            if straggler is not None:
+            if self.inside:
                 self.hooks.clear()
                 if exc is None:
-                    raise straggler
+                    raise _straggler_error(self)
                 return
             self._finish_without_session(exc)
             if exc is None and not self.root.rollback_only:
                 await self._run_async_hooks_only()
             return
         assert isinstance(session, AsyncSession)
-        if straggler is not None:
-            _, cancellation = await _to_completion(self._abandon_async(session, exc, straggler))
-            if cancellation is not None:
-                raise cancellation
-            if exc is None:
-                raise straggler
-            _note_straggler(exc, straggler)
-            return
-        (committed, interrupt), cancellation = await _to_completion(self._end_async(session, exc))
+        (committed, interrupt), cancellation = await _to_completion(self._end_or_abandon_async(session, exc))
         if committed:
             await self.run_hooks_async()
         if cancellation is not None:
             raise cancellation
         if interrupt is not None:
             raise interrupt
+
+    async def _end_or_abandon_async(
+        self, session: AsyncSession, exc: BaseException | None
+    ) -> tuple[bool, BaseException | None]:
+        # Decided here, in the task that ends the unit: a task scheduled before it may be in a statement.
+        straggler = _straggler_error(self) if self.inside or _busy_elsewhere(self) else None
+        if straggler is not None:
+            await self._abandon_async(session, exc, straggler)
+            if exc is None:
+                raise straggler
+            _note_straggler(exc, straggler)
+            return False, None
+        # Ending is a statement too: another task using the session meanwhile is refused.
+        self.busy = asyncio.current_task()
+        try:
+            return await self._end_async(session, exc)
+        finally:
+            self.busy = None
 
     async def _end_async(self, session: AsyncSession, exc: BaseException | None) -> tuple[bool, BaseException | None]:
         """Commit or roll back, then close: (whether COMMIT went through, an interrupt to re-raise after hooks)."""
@@ -346,8 +364,10 @@ class Transaction:
             return True
 
     def close_abandoned_sync(self) -> None:
-        """Roll back and close what `_leave_to_straggler` left; the last straggler calls it as it leaves."""
+        """Roll back and close what `_seal_for_straggler` left; the last straggler calls it as it leaves."""
         session = self.session
+        if not self.abandoned:
+            return
         self.abandoned = False
         assert isinstance(session, Session)
         try:
@@ -359,6 +379,8 @@ class Transaction:
 
     async def close_abandoned_async(self) -> None:
         session = self.session
+        if not self.abandoned:
+            return
         self.abandoned = False
         assert isinstance(session, AsyncSession)
         try:
@@ -1183,6 +1205,12 @@ def _concurrent_join_error(spec: UnitSpec, tx: Transaction, holder: str) -> Prop
 
 
 def _straggler_error(tx: Transaction) -> PropagationError:
+    if not tx.inside:
+        return PropagationError(
+            f"the unit of work on {tx.database!r} (begun by {tx.what or 'a request'}) ended while "
+            f"{_who(tx.busy)} was in a statement on its session: it rolled back instead of committing. "
+            "Await every task that uses the unit's session (or its services) before the unit returns"
+        )
     running = ", ".join(f"{j.what} in {_who(j.user)}" for j in tx.inside)
     return PropagationError(
         f"the unit of work on {tx.database!r} (begun by {tx.what or 'a request'}) ended while a unit that "
@@ -1275,6 +1303,8 @@ def _guard_execute(state: Any) -> Any:
         raise
     finally:
         tx.busy = previous
+        if tx.abandoned and previous is None and not tx.inside:
+            _close_abandoned_soon(tx)
 
 
 def _guard_flush(session: Session, flush_context: Any, instances: Any) -> None:
@@ -1292,7 +1322,28 @@ def _flush_ended(session: Session, *_: Any) -> None:
     info = session.info
     previous = info.pop(_FLUSH_PREVIOUS_KEY, _NOT_FLUSHING)
     if previous is not _NOT_FLUSHING:
-        info[_TX_KEY].busy = previous
+        tx = info[_TX_KEY]
+        tx.busy = previous
+        if tx.abandoned and previous is None and not tx.inside and tx.is_async:
+            _close_abandoned_soon(tx)
+
+
+_closing: set[asyncio.Task[Any]] = set()  # cleanups scheduled by `_close_abandoned_soon`, kept alive
+
+
+def _close_abandoned_soon(tx: Transaction) -> None:
+    """The unit ended while a task that never joined it (a plain coroutine on its session) was in a
+    statement: that statement is over now, so roll back and close the session (sealed already).
+
+    Not from here, inside SQLAlchemy's execute or flush: async, in a task of its own; sync, at once
+    (an execute's result is then closed too, and the thread's next use gets the sealed-session error).
+    """
+    if not tx.is_async:
+        tx.close_abandoned_sync()
+        return
+    task = asyncio.get_running_loop().create_task(tx.close_abandoned_async())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
 
 
 def _refuse_reopening(session: Session, transaction: SessionTransaction) -> None:
