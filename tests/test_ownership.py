@@ -490,14 +490,13 @@ async def test_async_session_the_caller_passed_stays_the_callers(adb: uow.Databa
     assert await committed_async(adb) == ["kept"]
 
 
-def test_the_session_is_free_once_its_unit_has_ended(db: uow.Database) -> None:
+def test_the_session_stays_closed_once_its_unit_has_ended(db: uow.Database) -> None:
+    """Issue 10: a session uow closed never begins again; a kept session is refused, not silently reused."""
     with uow.unit_of_work(database=db) as session:
         session.add(Item(name="a"))
-    # uow committed and closed it; a caller who goes on using it owns what follows.
-    session.add(Item(name="b"))
-    session.commit()
-    session.close()
-    assert committed(db) == ["a", "b"]
+    with pytest.raises(uow.NoActiveUnitOfWork, match="has ended and closed it"):
+        session.add(Item(name="b"))
+    assert committed(db) == ["a"]
 
 
 # -- under uow.testing and in request units ---------------------------------------------------

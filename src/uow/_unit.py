@@ -31,19 +31,22 @@ commits behind the unit's back (the listeners near the end of this module).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import enum
 import inspect
 import logging
 import os
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Coroutine
+from threading import get_ident
 from typing import Any, TypeVar, Union
 
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import UnboundExecutionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncSessionTransaction
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from uow._database import Database, forget_savepoint_end, get_default_database, savepoint_end, track_savepoint_ends
 from uow.errors import (
@@ -125,9 +128,12 @@ class Transaction:
     """
 
     __slots__ = (
+        "abandoned",
+        "busy",
         "database",
         "finished",
         "hooks",
+        "inside",
         "is_async",
         "isolation_level",
         "owned",
@@ -161,6 +167,12 @@ class Transaction:
         self.finished = False
         if session is not None and owned:
             _guard(session, self)
+        # Who uses the session across tasks/threads (see "One task at a time" below): the units that
+        # joined from another task and are still running, innermost last; and who is in a statement.
+        self.inside: list[ForeignJoin] = []
+        self.busy: object = None
+        # Ended while a joined unit was in a statement on the session: the last of those to leave closes it.
+        self.abandoned = False
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -173,6 +185,7 @@ class Transaction:
             session = _new_session(self.database, self.read_only, self.isolation_level)
             assert isinstance(session, Session)
             session.info[OPENED_BY_KEY] = self.what
+            session.info[_TX_KEY] = self
             try:
                 _apply_begin_options_sync(session, self.read_only, self.isolation_level)
             except BaseException:
@@ -191,6 +204,7 @@ class Transaction:
             session = _new_session(self.database, self.read_only, self.isolation_level)
             assert isinstance(session, AsyncSession)
             session.info[OPENED_BY_KEY] = self.what
+            session.info[_TX_KEY] = self
             if self.read_only or self.isolation_level is not None:
                 # Applying options checks a connection out: a cancellation midway must not strand it.
                 _, cancellation = await _to_completion(
@@ -211,13 +225,33 @@ class Transaction:
         Once COMMIT went through, the unit's work is done: a failure while releasing or closing
         afterwards is logged, not raised, and the hooks still run (an interrupt is re-raised after them).
         """
-        self.finished = True
+        with _lock:  # a thread joining right now either sees the unit finished or is seen inside
+            self.finished = True
+            straggler = _straggler_error(self) if _prune(self) or _busy_elsewhere(self) else None
+            if straggler is None:
+                # Ending is a statement too: another thread using the session meanwhile is refused.
+                self.busy = get_ident()
+        try:
+            self._end_sync(exc, straggler)
+        finally:
+            if straggler is None:
+                self.busy = None
+
+    def _end_sync(self, exc: BaseException | None, straggler: PropagationError | None) -> None:
         session = self.session
         if session is None:
+            if straggler is not None:
+                self.hooks.clear()
+                if exc is None:
+                    raise straggler
+                return
             self._finish_without_session(exc)
             return
         assert isinstance(session, Session)
         _release_guard(session.info)
+        if straggler is not None:
+            self._abandon_sync(session, exc, straggler)
+            return
         if exc is not None or self.root.rollback_only or self.read_only:
             self._roll_back_sync(session, exc)
             return
@@ -240,11 +274,20 @@ class Transaction:
             _end_read_only_sync(session, self.read_only)
             _rollback_preserving_sync(session, exc)
         except BaseException as failure:
-            _close_preserving_sync(session, failure)
+            _invalidate_sync(session, failure)
             raise
         _close_preserving_sync(session, exc)
         if exc is None and self.root.rollback_only:
             raise _rollback_only_error(self)
+
+    def _abandon_sync(self, session: Session, exc: BaseException | None, straggler: PropagationError) -> None:
+        # A unit that joined from another thread is still running: never commit under it.
+        self.hooks.clear()
+        if self._seal_for_straggler(session):
+            self._roll_back_sync(session, exc or straggler)
+        if exc is None:
+            raise straggler
+        _note_straggler(exc, straggler)
 
     async def finish_async(self, exc: BaseException | None) -> None:
         """Commit (no exception, not rollback-only, not read-only) or roll back; always close; then run hooks.
@@ -257,19 +300,42 @@ class Transaction:
         self.finished = True
         session = self.session
         if session is None:
+            if _prune(self):
+                self.hooks.clear()
+                if exc is None:
+                    raise _straggler_error(self)
+                return
             self._finish_without_session(exc)
             if exc is None and not self.root.rollback_only:
                 await self._run_async_hooks_only()
             return
         assert isinstance(session, AsyncSession)
         _release_guard(session.info)
-        (committed, interrupt), cancellation = await _to_completion(self._end_async(session, exc))
+        (committed, interrupt), cancellation = await _to_completion(self._end_or_abandon_async(session, exc))
         if committed:
             await self.run_hooks_async()
         if cancellation is not None:
             raise cancellation
         if interrupt is not None:
             raise interrupt
+
+    async def _end_or_abandon_async(
+        self, session: AsyncSession, exc: BaseException | None
+    ) -> tuple[bool, BaseException | None]:
+        # Decided here, in the task that ends the unit: a task scheduled before it may be in a statement.
+        straggler = _straggler_error(self) if _prune(self) or _busy_elsewhere(self) else None
+        if straggler is not None:
+            await self._abandon_async(session, exc, straggler)
+            if exc is None:
+                raise straggler
+            _note_straggler(exc, straggler)
+            return False, None
+        # Ending is a statement too: another task using the session meanwhile is refused.
+        self.busy = asyncio.current_task()
+        try:
+            return await self._end_async(session, exc)
+        finally:
+            self.busy = None
 
     async def _end_async(self, session: AsyncSession, exc: BaseException | None) -> tuple[bool, BaseException | None]:
         """Commit or roll back, then close: (whether COMMIT went through, an interrupt to re-raise after hooks)."""
@@ -292,11 +358,60 @@ class Transaction:
             await _end_read_only_async(session, self.read_only)
             await _rollback_preserving_async(session, exc)
         except BaseException as failure:
-            await _close_preserving_async(session, failure)
+            await _invalidate_async(session, failure)
             raise
         await _close_preserving_async(session, exc)
         if exc is None and self.root.rollback_only:
             raise _rollback_only_error(self)
+
+    async def _abandon_async(
+        self, session: AsyncSession, exc: BaseException | None, straggler: PropagationError
+    ) -> None:
+        # A unit that joined from another task is still running: never commit under it.
+        self.hooks.clear()
+        if self._seal_for_straggler(session):
+            await self._roll_back_async(session, exc or straggler)
+
+    def _seal_for_straggler(self, session: AnySession) -> bool:
+        """Seal the session so the straggler's next statement fails; whether it is ours to roll back now.
+
+        If the straggler is in a statement right now, touching the session would race it (asyncpg's
+        "another operation is in progress", SQLAlchemy's illegal state change), even to invalidate it:
+        it is left to the straggler, which rolls back and closes it as it leaves.
+        """
+        with _lock:
+            _seal(session)
+            if _busy_elsewhere(self):
+                self.abandoned = True
+                return False
+            return True
+
+    def close_abandoned_sync(self) -> None:
+        """Roll back and close what `_seal_for_straggler` left; the last straggler calls it as it leaves."""
+        session = self.session
+        if not self.abandoned:
+            return
+        self.abandoned = False
+        assert isinstance(session, Session)
+        try:
+            session.rollback()
+            session.close()
+        except Exception:
+            logger.warning("uow: rolling back an abandoned session failed; invalidating its connection")
+            _invalidate_sync(session, None)
+
+    async def close_abandoned_async(self) -> None:
+        session = self.session
+        if not self.abandoned:
+            return
+        self.abandoned = False
+        assert isinstance(session, AsyncSession)
+        try:
+            await session.rollback()
+            await session.close()
+        except Exception:
+            logger.warning("uow: rolling back an abandoned session failed; invalidating its connection")
+            await _invalidate_async(session, None)
 
     def _finish_without_session(self, exc: BaseException | None) -> None:
         # Nothing touched the database: there is nothing to commit, but hooks still follow the outcome.
@@ -358,7 +473,7 @@ class Transaction:
 class Frame:
     """An active unit on the context's stack."""
 
-    __slots__ = ("database", "joined", "parent", "scope", "transaction")
+    __slots__ = ("database", "joined", "loop", "owner", "parent", "scope", "transaction")
 
     def __init__(self, database: Database | None, transaction: Transaction, scope: Scope, parent: Frame | None) -> None:
         self.database = database
@@ -367,6 +482,36 @@ class Frame:
         self.parent = parent
         # The unit every plain join of this frame enters (it holds nothing per call, so one serves them all).
         self.joined: ActiveUnit | None = None
+        # The task (async) or thread (sync) that pushed the frame. Tasks and threads started inside the
+        # unit inherit the frame with the context; a join from one of them is told apart by this.
+        self.owner = current_user(transaction.is_async)
+        self.loop = _running_loop() if transaction.is_async else None
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+# `join_innermost` asks "is this the frame's task?" on every joined call. Python 3.12 answers with C
+# code; before it, asyncio.current_task() is Python code asking for the running loop, ten times the
+# cost: there, look the task up by the frame's loop (a session belongs to one loop anyway).
+if sys.version_info >= (3, 12):
+    _task_on: Callable[[asyncio.AbstractEventLoop | None], object] = asyncio.current_task
+else:  # pragma: no cover - the CI's other Pythons
+    _task_on = vars(asyncio.tasks)["_current_tasks"].get
+
+
+def current_user(is_async: bool) -> object:
+    """Who is running: the asyncio task for an async session, the thread for a sync one."""
+    if is_async:
+        try:
+            return asyncio.current_task()
+        except RuntimeError:  # no running loop: nothing can share the session with us
+            return None
+    return threading.get_ident()
 
 
 _current: contextvars.ContextVar[Frame | None] = contextvars.ContextVar("uow_current_unit", default=None)
@@ -524,15 +669,21 @@ class UnitSpec:
 class ActiveUnit:
     """One entered unit: what was decided and what must be undone on exit."""
 
-    __slots__ = ("kind", "scope", "token", "transaction")
+    __slots__ = ("foreign", "kind", "scope", "token", "transaction")
 
     def __init__(
-        self, kind: Kind, transaction: Transaction, scope: Scope, token: contextvars.Token[Frame | None] | None
+        self,
+        kind: Kind,
+        transaction: Transaction,
+        scope: Scope,
+        token: contextvars.Token[Frame | None] | None,
+        foreign: ForeignJoin | None = None,
     ) -> None:
         self.kind = kind
         self.transaction = transaction
         self.scope = scope
         self.token = token
+        self.foreign = foreign  # entered from another task/thread: hand the session back on exit
 
     @property
     def owns_transaction(self) -> bool:
@@ -660,12 +811,21 @@ def join_innermost(spec: UnitSpec, want_async: bool) -> ActiveUnit | None:
     frame = _current.get()
     if frame is None or not spec.required:
         return None
-    database = spec.database if spec.database is not None else get_default_database()
-    if database is None or frame.database is not database or database.is_async != want_async:
+    database = spec.database
+    if database is None:
+        database = get_default_database()
+        if database is None:
+            return None
+    if frame.database is not database or database.is_async != want_async:
         return None
     tx = frame.transaction
     if tx.finished:
         return None  # a request unit that has committed already: `find_frame` skips it, so must we
+    if want_async:
+        if _task_on(frame.loop) is not frame.owner:
+            return None  # another task: `enter_async` admits it or refuses it (see `_enter_foreign`)
+    elif frame.owner != get_ident():
+        return None
     if tx.read_only or spec.isolation_level is not None:
         _check_join(spec, tx)  # what `_decide` would check here; it can only refuse in these two cases
     unit = frame.joined
@@ -690,7 +850,16 @@ def enter_sync(
             return ActiveUnit(kind, request, request.root, token), request.open_sync()
         assert frame is not None
         tx = frame.transaction
-        return ActiveUnit(kind, tx, frame.scope, None), tx.open_sync()
+        foreign = _enter_foreign(spec, frame)
+        if foreign is None:
+            return ActiveUnit(kind, tx, frame.scope, None), tx.open_sync()
+        token = _current.set(Frame(database, tx, frame.scope, _current.get()))
+        unit = ActiveUnit(kind, tx, frame.scope, token, foreign)
+        try:
+            return unit, tx.open_sync()
+        except BaseException as failure:
+            exit_sync(unit, failure)
+            raise
     if kind is Kind.BEGIN:
         tx = Transaction(database, read_only=spec.read_only, isolation_level=spec.isolation_level, what=spec.what)
         opened = tx.open_sync()
@@ -699,11 +868,20 @@ def enter_sync(
     if kind is Kind.SAVEPOINT:
         assert frame is not None
         tx = frame.transaction
-        outer = tx.open_sync()
-        _track_savepoints(outer)
-        scope = Scope(frame.scope, outer.begin_nested())
+        foreign = _enter_foreign(spec, frame)
+        previous = _hold(tx, spec)
+        try:
+            outer = tx.open_sync()
+            _track_savepoints(outer)
+            scope = Scope(frame.scope, outer.begin_nested())
+        except BaseException:
+            if foreign is not None:
+                _leave_foreign(ActiveUnit(kind, tx, frame.scope, None, foreign))
+            raise
+        finally:
+            tx.busy = previous
         token = _current.set(Frame(database, tx, scope, _current.get()))
-        return ActiveUnit(kind, tx, scope, token), outer
+        return ActiveUnit(kind, tx, scope, token, foreign), outer
     assert session is not None
     tx = Transaction(database, session=session, owned=False, read_only=spec.read_only)
     token = _current.set(Frame(database, tx, tx.root, _current.get()))
@@ -727,7 +905,16 @@ async def enter_async(
             return ActiveUnit(kind, request, request.root, token), opened
         assert frame is not None
         tx = frame.transaction
-        return ActiveUnit(kind, tx, frame.scope, None), await tx.open_async()
+        foreign = _enter_foreign(spec, frame)
+        if foreign is None:
+            return ActiveUnit(kind, tx, frame.scope, None), await tx.open_async()
+        token = _current.set(Frame(database, tx, frame.scope, _current.get()))
+        unit = ActiveUnit(kind, tx, frame.scope, token, foreign)
+        try:
+            return unit, await tx.open_async()
+        except BaseException as failure:
+            await exit_async(unit, failure)
+            raise
     if kind is Kind.BEGIN:
         tx = Transaction(database, read_only=spec.read_only, isolation_level=spec.isolation_level, what=spec.what)
         opened = await tx.open_async()
@@ -736,11 +923,20 @@ async def enter_async(
     if kind is Kind.SAVEPOINT:
         assert frame is not None
         tx = frame.transaction
-        outer = await tx.open_async()
-        _track_savepoints(outer.sync_session)
-        scope = Scope(frame.scope, await outer.begin_nested())
+        foreign = _enter_foreign(spec, frame)
+        previous = _hold(tx, spec)
+        try:
+            outer = await tx.open_async()
+            _track_savepoints(outer.sync_session)
+            scope = Scope(frame.scope, await outer.begin_nested())
+        except BaseException:
+            if foreign is not None:
+                _leave_foreign(ActiveUnit(kind, tx, frame.scope, None, foreign))
+            raise
+        finally:
+            tx.busy = previous
         token = _current.set(Frame(database, tx, scope, _current.get()))
-        return ActiveUnit(kind, tx, scope, token), outer
+        return ActiveUnit(kind, tx, scope, token, foreign), outer
     assert session is not None
     tx = Transaction(database, session=session, owned=False, read_only=spec.read_only)
     token = _current.set(Frame(database, tx, tx.root, _current.get()))
@@ -749,6 +945,10 @@ async def enter_async(
 
 def exit_sync(unit: ActiveUnit, exc: BaseException | None) -> None:
     """Leave a sync unit. Never swallows `exc` (the caller re-raises it); may raise `RollbackOnlyError`."""
+    if unit.foreign is not None:
+        _pop_foreign_frame(unit)
+        _exit_foreign_sync(unit, exc)
+        return
     if unit.token is not None:
         _current.reset(unit.token)
     kind = unit.kind
@@ -770,6 +970,10 @@ def exit_sync(unit: ActiveUnit, exc: BaseException | None) -> None:
 
 async def exit_async(unit: ActiveUnit, exc: BaseException | None) -> None:
     """Leave an async unit. Never swallows `exc` (the caller re-raises it); may raise `RollbackOnlyError`."""
+    if unit.foreign is not None:
+        _pop_foreign_frame(unit)
+        await _exit_foreign_async(unit, exc)
+        return
     if unit.token is not None:
         _current.reset(unit.token)
     kind = unit.kind
@@ -787,6 +991,66 @@ async def exit_async(unit: ActiveUnit, exc: BaseException | None) -> None:
         return
     # External: the caller's session, the caller's commit.
     _exit_external(unit, exc)
+
+
+def _pop_foreign_frame(unit: ActiveUnit) -> None:
+    token = unit.token
+    if token is None:
+        return
+    # ValueError: entered in a context that is gone (a framework resolved a generator dependency in a
+    # task of its own and closes it from the request's task); the frame went with that task's context.
+    with contextlib.suppress(ValueError):
+        _current.reset(token)
+
+
+def _mark_busy(unit: ActiveUnit) -> object:
+    tx, joined = unit.transaction, unit.foreign
+    assert joined is not None
+    previous, tx.busy = tx.busy, joined.user
+    return previous
+
+
+def _exit_foreign_sync(unit: ActiveUnit, exc: BaseException | None) -> None:
+    # A join or savepoint entered from another thread: end it like any other, then hand the session back.
+    try:
+        if unit.kind is Kind.SAVEPOINT and not unit.transaction.finished:
+            # Releasing or rolling back is a statement too: nobody may end the unit under it.
+            previous = _mark_busy(unit)
+            try:
+                _exit_savepoint_sync(unit, exc)
+            finally:
+                unit.transaction.busy = previous
+        elif exc is not None:
+            unit.scope.rollback_only = True
+    finally:
+        late = _leave_foreign(unit)
+        tx = unit.transaction
+        if tx.abandoned and not _prune(tx):
+            tx.close_abandoned_sync()
+    if late is not None and exc is None:
+        raise late
+
+
+async def _exit_foreign_async(unit: ActiveUnit, exc: BaseException | None) -> None:
+    try:
+        if unit.kind is Kind.SAVEPOINT and not unit.transaction.finished:
+            previous = _mark_busy(unit)
+            try:
+                await _exit_savepoint_async(unit, exc)
+            finally:
+                unit.transaction.busy = previous
+        elif exc is not None:
+            unit.scope.rollback_only = True
+    finally:
+        late = _leave_foreign(unit)
+        tx = unit.transaction
+        cancellation = None
+        if tx.abandoned and not _prune(tx):
+            _, cancellation = await _to_completion(tx.close_abandoned_async())
+    if cancellation is not None:
+        raise cancellation
+    if late is not None and exc is None:
+        raise late
 
 
 def _track_savepoints(session: Session) -> None:
@@ -997,6 +1261,310 @@ def _rollback_only_error(tx: Transaction, *, savepoint: bool = False) -> Rollbac
     )
 
 
+# -- one task at a time on a session ----------------------------------------------------------
+#
+# A unit's frame is inherited by every task and thread started inside it (they copy the context).
+# A join from the task/thread that pushed the frame is the common case and costs one identity
+# compare (`join_innermost`). A join from another one takes the slow path below: it is admitted only
+# while nobody else uses the session (the frame's owner is then waiting for it: Starlette running the
+# endpoint in a task of its own, a sync endpoint in a worker thread, `await wait_for(child(), 5)`),
+# and holds the session until it leaves. A second task joining meanwhile (gather, TaskGroup,
+# create_task) is refused with `PropagationError` and the whole unit is marked rollback-only; so is
+# a statement from any task but the holder (a parent querying while its child runs). Statements are
+# checked by Session events, per statement; a unit never commits while a joined one is still running.
+
+
+class ForeignJoin:
+    """A unit entered from a task or thread other than the one that pushed the frame it joined."""
+
+    __slots__ = ("user", "what")
+
+    def __init__(self, user: object, what: str) -> None:
+        self.user = user
+        self.what = what
+
+
+_TX_KEY = "uow_transaction"  # session.info: the Transaction of a session uow made
+_CLOSED_KEY = "uow_closed"  # session.info: uow has closed that session; it may never begin again
+_lock = threading.Lock()  # the slow path and the statement checks of sync sessions (threads)
+_NOT_FLUSHING: Any = object()
+
+
+def _who(user: object) -> str:
+    if isinstance(user, asyncio.Task):
+        return f"task {user.get_name()!r}"
+    return f"thread {user}"
+
+
+def _enter_foreign(spec: UnitSpec, frame: Frame) -> ForeignJoin | None:
+    """None when this task/thread pushed `frame`; else admit it (a `ForeignJoin`) or refuse it."""
+    tx = frame.transaction
+    me = current_user(tx.is_async)
+    if frame.owner == me:
+        return None
+    with _lock:
+        if tx.finished:
+            raise _finished_error(tx)
+        inside = _prune(tx)
+        holder = inside[-1] if inside else None
+        if holder is not None and holder.user != frame.owner:
+            raise _concurrent_join_error(spec, tx, f"{holder.what} (joined from {_who(holder.user)})")
+        busy = tx.busy
+        if busy is not None and busy != me:
+            raise _concurrent_join_error(spec, tx, f"{_who(busy)}, in a statement on it right now")
+        joined = ForeignJoin(me, spec.what)
+        inside.append(joined)
+    return joined
+
+
+def _hold(tx: Transaction, spec: UnitSpec) -> object:
+    """Before SAVEPOINT (a statement outside the Session's events): refuse it as a statement would be
+    refused, then mark this task/thread as in a statement; what was marked before (to restore)."""
+    me = current_user(tx.is_async)
+    with _lock:
+        inside = _prune(tx)
+        if inside and inside[-1].user != me:
+            raise _concurrent_join_error(spec, tx, f"{inside[-1].what} (joined from {_who(inside[-1].user)})")
+        busy = tx.busy
+        if busy is not None and busy != me:
+            raise _concurrent_join_error(spec, tx, f"{_who(busy)}, in a statement on it right now")
+        tx.busy = me
+    return busy
+
+
+def _leave_foreign(unit: ActiveUnit) -> PropagationError | None:
+    """Hand the session back; the error a straggler gets when its unit ended while it ran."""
+    joined = unit.foreign
+    assert joined is not None
+    tx = unit.transaction
+    with _lock:
+        inside = _prune(tx)
+        if inside and inside[-1] is joined:
+            inside.pop()
+        elif joined in inside:
+            # Something that joined through this unit is still running after it: the unit is doomed.
+            tx.root.rollback_only = True
+            inside.remove(joined)
+    if _task_finished(joined.user):
+        return None  # left open by a task that has finished (a generator dependency): nobody used it meanwhile
+    if tx.finished:
+        return PropagationError(
+            f"{joined.what} was still running in {_who(joined.user)} when the unit of work it joined on "
+            f"{tx.database!r} ended (begun by {tx.what or 'a request'}): that unit rolled back, and so "
+            "did this work. Await the task before the unit returns, or give the function "
+            "propagation='requires_new' so it has a session of its own"
+        )
+    return None
+
+
+def _task_finished(user: object) -> bool:
+    return isinstance(user, asyncio.Task) and user.done()
+
+
+def _prune(tx: Transaction) -> list[ForeignJoin]:
+    """`tx.inside` without the joins whose task has finished.
+
+    A task can finish while a unit it entered is still open: a framework resolves a generator
+    dependency in a task of its own, which ends at the ``yield``, and closes the generator later
+    from the request's task. Such a join uses the session no longer: it neither refuses other
+    users nor stops the unit from committing.
+    """
+    inside = tx.inside
+    if inside and any(_task_finished(joined.user) for joined in inside):
+        inside[:] = [joined for joined in inside if not _task_finished(joined.user)]
+    return inside
+
+
+def _concurrent_join_error(spec: UnitSpec, tx: Transaction, holder: str) -> PropagationError:
+    tx.root.rollback_only = True
+    return PropagationError(
+        f"{spec.what} was called from {_who(current_user(tx.is_async))} while {holder} is using the unit "
+        f"of work on {tx.database!r} (begun by {tx.what or 'a request'}): two tasks or threads never "
+        "use one session at the same time, so the whole unit will roll back. Await the calls one after "
+        f"another, or give {spec.what} propagation='requires_new' so each call has a session of its own"
+    )
+
+
+def _straggler_error(tx: Transaction) -> PropagationError:
+    if not tx.inside:
+        return PropagationError(
+            f"the unit of work on {tx.database!r} (begun by {tx.what or 'a request'}) ended while "
+            f"{_who(tx.busy)} was in a statement on its session: it rolled back instead of committing. "
+            "Await every task that uses the unit's session (or its services) before the unit returns"
+        )
+    running = ", ".join(f"{j.what} in {_who(j.user)}" for j in tx.inside)
+    return PropagationError(
+        f"the unit of work on {tx.database!r} (begun by {tx.what or 'a request'}) ended while a unit that "
+        f"joined it was still running ({running}): it rolled back instead of committing. Await every "
+        "task that uses the unit before it returns, or give those functions propagation='requires_new'"
+    )
+
+
+def _note_straggler(exc: BaseException, straggler: PropagationError) -> None:
+    # The unit was failing anyway: its own error stays the one raised, and says a child still ran.
+    add_note = getattr(exc, "add_note", None)
+    if add_note is not None:
+        add_note(f"uow: {straggler}")
+    logger.warning("uow: %s", straggler)
+
+
+def _busy_elsewhere(tx: Transaction) -> bool:
+    busy = tx.busy
+    return busy is not None and busy != current_user(tx.is_async)
+
+
+def _closed_error(tx: Transaction) -> NoActiveUnitOfWork:
+    return NoActiveUnitOfWork(
+        f"this session belonged to the unit of work {tx.what or 'of a request'} on {tx.database!r}, "
+        "which has ended and closed it: a service or session kept after its unit (on self, in a "
+        "closure, in a task still running) cannot be used. Call a decorated function, or open "
+        "'with unit_of_work()', to work in a new unit"
+    )
+
+
+def _seal(session: AnySession) -> None:
+    info = session.info
+    if _TX_KEY in info:
+        info[_CLOSED_KEY] = True
+
+
+def _claim(tx: Transaction, info: dict[Any, Any]) -> object:
+    """Mark this task/thread as in a statement on the session: what was marked before (to restore)."""
+    if tx.is_async:
+        me = _check_statement(tx, info)
+        previous, tx.busy = tx.busy, me
+        return previous
+    with _lock:
+        me = _check_statement(tx, info)
+        previous, tx.busy = tx.busy, me
+        return previous
+
+
+def _check_statement(tx: Transaction, info: dict[Any, Any]) -> object:
+    """Who runs the statement, if it may run now; else a uow error (and the unit rolls back)."""
+    if _CLOSED_KEY in info:
+        raise _closed_error(tx)
+    me = current_user(tx.is_async)
+    inside = _prune(tx)
+    if inside and inside[-1].user != me:
+        holder = inside[-1]
+        tx.root.rollback_only = True
+        raise PropagationError(
+            f"{_who(me)} used the session of the unit of work on {tx.database!r} (begun by "
+            f"{tx.what or 'a request'}) while {holder.what}, which joined it from {_who(holder.user)}, "
+            "is running: two tasks or threads never use one session at the same time, so the whole unit "
+            "will roll back. Await that call before using the session again"
+        )
+    busy = tx.busy
+    if busy is not None and busy != me:
+        tx.root.rollback_only = True
+        raise PropagationError(
+            f"{_who(me)} used the session of the unit of work on {tx.database!r} (begun by "
+            f"{tx.what or 'a request'}) while {_who(busy)} is in a statement on it: two tasks or threads "
+            "never use one session at the same time, so the whole unit will roll back. Await one "
+            "call before making the next, or give each its own unit with propagation='requires_new'"
+        )
+    return me
+
+
+def _guard_execute(state: Any) -> Any:
+    """Session `do_orm_execute`: check who runs the statement, and say who is in one until it returns."""
+    session = state.session
+    info = session.info
+    tx = info.get(_TX_KEY)
+    if tx is None:
+        return None
+    previous = _claim(tx, info)
+    try:
+        return state.invoke_statement()
+    except Exception as failure:
+        if _CLOSED_KEY in info:
+            # The unit ended under this statement (a straggler task): its connection was thrown away.
+            raise _closed_error(tx) from failure
+        raise
+    finally:
+        tx.busy = previous
+        if tx.abandoned and previous is None and not _prune(tx):
+            _close_abandoned_soon(tx)
+
+
+def _guard_flush(session: Session, flush_context: Any, instances: Any) -> None:
+    info = session.info
+    tx = info.get(_TX_KEY)
+    if tx is None:
+        return
+    info[_FLUSH_PREVIOUS_KEY] = _claim(tx, info)
+
+
+_FLUSH_PREVIOUS_KEY = "uow_busy_before_flush"
+
+
+def _flush_ended(session: Session, *_: Any) -> None:
+    info = session.info
+    previous = info.pop(_FLUSH_PREVIOUS_KEY, _NOT_FLUSHING)
+    if previous is not _NOT_FLUSHING:
+        tx = info[_TX_KEY]
+        tx.busy = previous
+        if tx.abandoned and previous is None and not _prune(tx) and tx.is_async:
+            _close_abandoned_soon(tx)
+
+
+_closing: set[asyncio.Task[Any]] = set()  # cleanups scheduled by `_close_abandoned_soon`, kept alive
+
+
+def _close_abandoned_soon(tx: Transaction) -> None:
+    """The unit ended while a task that never joined it (a plain coroutine on its session) was in a
+    statement: that statement is over now, so roll back and close the session (sealed already).
+
+    Not from here, inside SQLAlchemy's execute or flush: async, in a task of its own; sync, at once
+    (an execute's result is then closed too, and the thread's next use gets the sealed-session error).
+    """
+    if not tx.is_async:
+        tx.close_abandoned_sync()
+        return
+    task = asyncio.get_running_loop().create_task(tx.close_abandoned_async())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
+def _refuse_reopening(session: Session, transaction: SessionTransaction) -> None:
+    """Session `after_transaction_create`: a session uow closed never begins again (a kept service)."""
+    info = session.info
+    if _CLOSED_KEY in info and transaction.parent is None:
+        transaction.close()  # undo the autobegin: nothing may be left for the next call to reuse
+        raise _closed_error(info[_TX_KEY])
+
+
+_GUARDS: tuple[tuple[str, Callable[..., Any]], ...] = (
+    ("do_orm_execute", _guard_execute),
+    ("before_flush", _guard_flush),
+    ("after_flush_postexec", _flush_ended),
+    ("after_soft_rollback", _flush_ended),
+    ("after_transaction_create", _refuse_reopening),
+)
+_guarded: set[type[Session]] = set()
+
+
+class GuardedSession(Session):
+    """The sync half of the AsyncSessions uow makes when the factory names no class of its own.
+
+    The statement checks are Session events on a class; listening on `Session` itself would cost
+    every session in the process (a `do_orm_execute` listener makes SQLAlchemy build an execute
+    state per statement), so they go on the classes uow's sessions are made of: each sync
+    sessionmaker's own subclass, an async factory's sync_session_class, or this class.
+    """
+
+
+def _guard_class(cls: type[Session]) -> None:
+    if cls in _guarded:
+        return
+    with _lock:
+        if cls not in _guarded:
+            for name, listener in _GUARDS:
+                event.listen(cls, name, listener)
+            _guarded.add(cls)
+
+
 # -- session effects --------------------------------------------------------------------------
 
 
@@ -1007,10 +1575,18 @@ def _new_session(database: Database, read_only: bool, isolation_level: str | Non
     option, so every connection it takes runs at it: also after a commit or rollback inside the unit.
     """
     factory = database.session_factory_for(read_only=read_only)
+    options: dict[str, Any] = {}
     bind = factory.kw.get("bind")
     if isolation_level is not None and isinstance(bind, (Engine, AsyncEngine)):
-        return factory(bind=bind.execution_options(isolation_level=isolation_level))
-    return factory()
+        options["bind"] = bind.execution_options(isolation_level=isolation_level)
+    if isinstance(factory, sessionmaker):
+        _guard_class(factory.class_)  # its own subclass: only the sessions it makes
+    else:
+        sync_class = factory.kw.get("sync_session_class") or factory.class_.sync_session_class
+        if sync_class is Session:
+            options["sync_session_class"] = sync_class = GuardedSession
+        _guard_class(sync_class)
+    return factory(**options)
 
 
 def _apply_begin_options_sync(session: Session, read_only: bool, isolation_level: str | None) -> None:
@@ -1135,6 +1711,7 @@ def _rollback_preserving_sync(session: Session, exc: BaseException | None) -> No
         if exc is None or _is_interrupt(rollback_error):
             raise
         _note_secondary(exc, "rolling back", rollback_error)
+        _invalidate_sync(session, exc)
 
 
 async def _rollback_preserving_async(session: AsyncSession, exc: BaseException | None) -> None:
@@ -1144,6 +1721,7 @@ async def _rollback_preserving_async(session: AsyncSession, exc: BaseException |
         if exc is None or _is_interrupt(rollback_error):
             raise
         _note_secondary(exc, "rolling back", rollback_error)
+        await _invalidate_async(session, exc)
 
 
 def _rollback_quietly_sync(session: Session) -> None:
@@ -1151,6 +1729,7 @@ def _rollback_quietly_sync(session: Session) -> None:
         session.rollback()
     except Exception:
         logger.exception("rollback after a failed commit failed")
+        _invalidate_sync(session, None)
 
 
 async def _rollback_quietly_async(session: AsyncSession) -> None:
@@ -1158,24 +1737,61 @@ async def _rollback_quietly_async(session: AsyncSession) -> None:
         await session.rollback()
     except Exception:
         logger.exception("rollback after a failed commit failed")
+        await _invalidate_async(session, None)
 
 
 def _close_preserving_sync(session: Session, exc: BaseException | None) -> None:
     try:
         session.close()
     except BaseException as close_error:
+        _invalidate_sync(session, None)
         if exc is None or _is_interrupt(close_error):
             raise
         _note_secondary(exc, "closing the session", close_error)
+    finally:
+        _seal(session)
 
 
 async def _close_preserving_async(session: AsyncSession, exc: BaseException | None) -> None:
     try:
         await _close_async(session)
     except BaseException as close_error:
+        await _invalidate_async(session, None)
         if exc is None or _is_interrupt(close_error):
             raise
         _note_secondary(exc, "closing the session", close_error)
+    finally:
+        _seal(session)
+
+
+def _invalidate_sync(session: Session, exc: BaseException | None) -> None:
+    """Throw the session's connections away: what is left when rolling back or closing failed.
+
+    The connection may be busy (another thread in a statement) or dead (a dropped socket); either
+    way it must neither go back to the pool nor stay checked out with a transaction open on the
+    server. Invalidating closes it; the server rolls back what it held.
+    """
+    try:
+        session.invalidate()
+    except Exception as failure:
+        if exc is not None:
+            _note_secondary(exc, "invalidating the connection", failure)
+        else:
+            logger.exception("uow: invalidating the session's connection failed")
+    finally:
+        _seal(session)
+
+
+async def _invalidate_async(session: AsyncSession, exc: BaseException | None) -> None:
+    try:
+        await session.invalidate()
+    except Exception as failure:
+        if exc is not None:
+            _note_secondary(exc, "invalidating the connection", failure)
+        else:
+            logger.exception("uow: invalidating the session's connection failed")
+    finally:
+        _seal(session)
 
 
 _COMMITTED = "uow_committed"
@@ -1378,8 +1994,12 @@ def _close_after_commit_sync(session: Session) -> BaseException | None:
         session.close()
     except Exception:
         logger.exception("uow: closing the session after its commit failed; the commit stands")
+        _invalidate_sync(session, None)
     except BaseException as interrupt:
+        _invalidate_sync(session, None)
         return interrupt
+    finally:
+        _seal(session)
     return None
 
 
@@ -1389,8 +2009,12 @@ async def _close_after_commit_async(session: AsyncSession) -> BaseException | No
         await _close_async(session)
     except Exception:
         logger.exception("uow: closing the session after its commit failed; the commit stands")
+        await _invalidate_async(session, None)
     except BaseException as interrupt:
+        await _invalidate_async(session, None)
         return interrupt
+    finally:
+        _seal(session)
     return None
 
 
