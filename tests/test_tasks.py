@@ -320,6 +320,30 @@ async def test_one_child_at_a_time_shares_the_unit(adb: uow.Database) -> None:
     )
 
 
+async def test_flush_refused_after_a_failed_flush_leaves_the_session_free(adb: uow.Database) -> None:
+    """A flush on a transaction a failed flush deactivated raises PendingRollbackError before it
+    begins: the check must not leave the session marked as in a statement, or the unit's ending
+    would take itself for a straggler and never close the session (found by the reliability model)."""
+    async with unit_of_work(database=adb) as session:
+        session.add(Item(name="taken"))
+    errors: list[str] = []
+
+    @with_services(AsyncItemService, database=adb)
+    async def unit(items: AsyncItemService) -> None:
+        for name in ("taken", "other"):
+            items.session.add(Item(name=name))
+            try:
+                await items.session.flush()
+            except Exception as error:  # the violation, then PendingRollbackError: both swallowed
+                errors.append(type(error).__name__)
+
+    with pytest.raises(RollbackOnlyError):
+        await unit()
+    assert errors == ["IntegrityError", "PendingRollbackError"]
+    assert checked_out(adb) == 0
+    assert await committed_async(adb) == ["taken"]
+
+
 async def test_services_opened_in_a_finished_task_and_closed_later_share_the_unit(adb: uow.Database) -> None:
     """Litestar resolves several dependencies in tasks of their own: a generator dependency enters
     `provide_services` in its task, which ends at the ``yield``, and is closed later from the request's

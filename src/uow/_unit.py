@@ -311,7 +311,8 @@ class Transaction:
             return
         assert isinstance(session, AsyncSession)
         _release_guard(session.info)
-        (committed, interrupt), cancellation = await _to_completion(self._end_or_abandon_async(session, exc))
+        ender = asyncio.current_task()
+        (committed, interrupt), cancellation = await _to_completion(self._end_or_abandon_async(session, exc, ender))
         if committed:
             await self.run_hooks_async()
         if cancellation is not None:
@@ -320,10 +321,11 @@ class Transaction:
             raise interrupt
 
     async def _end_or_abandon_async(
-        self, session: AsyncSession, exc: BaseException | None
+        self, session: AsyncSession, exc: BaseException | None, ender: object
     ) -> tuple[bool, BaseException | None]:
         # Decided here, in the task that ends the unit: a task scheduled before it may be in a statement.
-        straggler = _straggler_error(self) if _prune(self) or _busy_elsewhere(self) else None
+        # Not `ender`, the task awaiting this ending: it cannot be in a statement meanwhile.
+        straggler = _straggler_error(self) if _prune(self) or _busy_elsewhere(self, ender) else None
         if straggler is not None:
             await self._abandon_async(session, exc, straggler)
             if exc is None:
@@ -1408,9 +1410,9 @@ def _note_straggler(exc: BaseException, straggler: PropagationError) -> None:
     logger.warning("uow: %s", straggler)
 
 
-def _busy_elsewhere(tx: Transaction) -> bool:
+def _busy_elsewhere(tx: Transaction, ender: object = None) -> bool:
     busy = tx.busy
-    return busy is not None and busy != current_user(tx.is_async)
+    return busy is not None and busy is not ender and busy != current_user(tx.is_async)
 
 
 def _closed_error(tx: Transaction) -> NoActiveUnitOfWork:
@@ -1492,6 +1494,13 @@ def _guard_flush(session: Session, flush_context: Any, instances: Any) -> None:
     info = session.info
     tx = info.get(_TX_KEY)
     if tx is None:
+        return
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    if transaction is not None and not transaction.is_active:
+        # SQLAlchemy raises PendingRollbackError right after this event, before the flush begins, and
+        # neither flush event that releases a claim follows: check who flushes, claim nothing.
+        with _lock:
+            _check_statement(tx, info)
         return
     info[_FLUSH_PREVIOUS_KEY] = _claim(tx, info)
 
