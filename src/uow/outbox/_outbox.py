@@ -227,15 +227,17 @@ class Outbox:
             attempts=max_attempts, backoff=backoff, max_backoff=max_backoff, jitter=jitter, retry_on=_always
         )
         self._row = _row_class(table)
-        check = getattr(runner, "check", None)
-        self._check: Callable[[str, dict[str, Any]], None] | None = check if callable(check) else None
+        check: Any = getattr(runner, "check", None)
+        self._check: Callable[[str, dict[str, Any]], object] | None = check if callable(check) else None
         self._relay_task: asyncio.Task[None] | None = None
         engine = database.engine
         dialect = engine.dialect.name if engine is not None else ""
         self._isolation_level = "READ COMMITTED" if dialect in ("mysql", "mariadb") else None
 
     def __repr__(self) -> str:
-        return f"<Outbox {self.name!r} table={self.table.name!r} runner={type(self.runner).__name__} on {self.database!r}>"
+        return (
+            f"<Outbox {self.name!r} table={self.table.name!r} runner={type(self.runner).__name__} on {self.database!r}>"
+        )
 
     # -- enqueueing (inside a unit) ----------------------------------------------------------
 
@@ -317,13 +319,17 @@ class Outbox:
             self._own(self._delete, ids)
         except Exception as error:
             # The jobs went out: the rows are delivered again once their lease ends (at-least-once).
-            logger.error("outbox %s: could not delete %d delivered row(s): %s", self.name, len(ids), _error_class(error))
+            logger.error(
+                "outbox %s: could not delete %d delivered row(s): %s", self.name, len(ids), _error_class(error)
+            )
 
     async def _after_delivery(self, ids: list[str]) -> None:
         try:
             await self._own_async(self._delete, ids)
         except Exception as error:
-            logger.error("outbox %s: could not delete %d delivered row(s): %s", self.name, len(ids), _error_class(error))
+            logger.error(
+                "outbox %s: could not delete %d delivered row(s): %s", self.name, len(ids), _error_class(error)
+            )
 
     def _after_failures_sync(self, failures: list[tuple[Message, str, BaseException]]) -> None:
         self._log_failures(failures)
@@ -407,12 +413,8 @@ class Outbox:
         if task is None:
             return
         task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
+        # gather hands back the task's own CancelledError, and still raises when stop() itself is cancelled.
+        await asyncio.gather(task, return_exceptions=True)
 
     # -- inspecting and repairing ------------------------------------------------------------
 
@@ -471,9 +473,7 @@ class Outbox:
     def _short_transaction(self) -> Any:
         # Deleting a delivered row must not be lost to a deadlock (the row would go out again), so these
         # transactions are retried; on MySQL/MariaDB READ COMMITTED also spares them InnoDB's gap locks.
-        return _unit_of_work(
-            database=self.database, propagation="requires_new", isolation_level=self._isolation_level
-        )
+        return _unit_of_work(database=self.database, propagation="requires_new", isolation_level=self._isolation_level)
 
     def _claim_due(self, session: Session, claim: str) -> list[Message]:
         t, now = self.table, _now()
