@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 import uow
 from tests.conftest import Backend, finish_async_db, make_async_db
 from tests.models import AsyncItemService, ItemService
-from uow.outbox import Message, Outbox, PayloadError, outbox_table
+from uow.outbox import CapturedMessages, Message, Outbox, PayloadError, capture_messages, outbox_table
+from uow.testing import bound_to_transaction
 
 metadata = MetaData()
 table = outbox_table(metadata, "test_outbox")
@@ -447,3 +448,47 @@ async def test_count_query_sees_only_this_outbox(adb: uow.Database) -> None:
     assert isinstance(engine, AsyncEngine)
     async with engine.connect() as connection:
         assert await connection.scalar(select(func.count()).select_from(table)) == 1
+
+
+# -- test support ----------------------------------------------------------------------------
+
+
+def test_the_plugin_captures_committed_messages_and_delivers_them_on_demand(
+    sdb: uow.Database, uow_outbox_messages: CapturedMessages
+) -> None:
+    runner = SyncRecorder()
+    outbox = Outbox(sdb, runner, table=table)
+    with uow.unit_of_work(database=sdb):
+        kept = outbox.enqueue("welcome", n=1)
+    with pytest.raises(RuntimeError), uow.unit_of_work(database=sdb):
+        outbox.enqueue("rolled back")
+        raise RuntimeError("the unit fails")
+    assert uow_outbox_messages == [Message(kept, "welcome", {"n": 1})]
+    assert runner.messages == []
+    with pytest.raises(uow.ConfigurationError, match="deliver_async"):
+        uow_outbox_messages.deliver(Recorder())
+    uow_outbox_messages.deliver(runner)
+    assert [m.id for m in runner.messages] == [kept]
+    assert uow_outbox_messages == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+async def test_capture_inside_the_rolled_back_test_transaction(adb: uow.Database) -> None:
+    runner = Recorder()
+    outbox = Outbox(adb, runner, table=table)
+    async with bound_to_transaction(adb):
+        with capture_messages() as messages:
+
+            @uow.unit_of_work(database=adb, propagation="nested")
+            async def fails() -> None:
+                outbox.enqueue("in a rolled-back savepoint")
+                raise ValueError("savepoint")
+
+            async with uow.unit_of_work(database=adb):
+                message_id = outbox.enqueue("job", n=2)
+                with pytest.raises(ValueError):
+                    await fails()
+        assert [m.id for m in messages] == [message_id]
+        await messages.deliver_async(runner)
+    assert runner.ids == [message_id]
+    assert await rows(adb) == []  # the test's transaction took the row with it

@@ -12,11 +12,21 @@ async def register(users: UserService, email: str) -> None:
 
 from __future__ import annotations
 
-from uow.outbox._outbox import FailedMessage, Message, Outbox, PayloadError, Runner, outbox_table
+from uow.outbox._outbox import (
+    CapturedMessages,
+    FailedMessage,
+    Message,
+    Outbox,
+    PayloadError,
+    Runner,
+    capture_messages,
+    outbox_table,
+)
 from uow.outbox._runners import ArqRunner, CeleryRunner, SaqRunner
 
 __all__ = [
     "ArqRunner",
+    "CapturedMessages",
     "CeleryRunner",
     "FailedMessage",
     "Message",
@@ -24,5 +34,6 @@ __all__ = [
     "PayloadError",
     "Runner",
     "SaqRunner",
+    "capture_messages",
     "outbox_table",
 ]

@@ -26,6 +26,7 @@ that deduplicates by key makes a repeat harmless.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime as dt
 import inspect
 import itertools
@@ -33,7 +34,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -44,7 +46,16 @@ from sqlalchemy.orm import Session, registry
 from uow import ConfigurationError, Database, Retry, UowError, current_session, current_session_async, on_commit
 from uow import unit_of_work as _unit_of_work
 
-__all__ = ["FailedMessage", "Message", "Outbox", "PayloadError", "Runner", "outbox_table"]
+__all__ = [
+    "CapturedMessages",
+    "FailedMessage",
+    "Message",
+    "Outbox",
+    "PayloadError",
+    "Runner",
+    "capture_messages",
+    "outbox_table",
+]
 
 logger = logging.getLogger("uow.outbox")
 
@@ -100,6 +111,47 @@ class Runner(Protocol):
     """
 
     def deliver(self, message: Message, /) -> Awaitable[None] | None: ...
+
+
+class CapturedMessages(list[Message]):
+    """The messages of units committed inside `capture_messages`, in commit order, not delivered."""
+
+    def deliver(self, runner: Runner) -> None:
+        """Hand the captured messages to a sync `runner` now, in order, and forget them."""
+        if inspect.iscoroutinefunction(getattr(runner, "deliver", None)):
+            raise ConfigurationError(f"{type(runner).__name__} is async: use 'await messages.deliver_async(runner)'")
+        for message in self._take():
+            runner.deliver(message)
+
+    async def deliver_async(self, runner: Runner) -> None:
+        """Hand the captured messages to `runner` (sync or async) now, in order, and forget them."""
+        for message in self._take():
+            result = runner.deliver(message)
+            if inspect.isawaitable(result):
+                await result
+
+    def _take(self) -> list[Message]:
+        messages = list(self)
+        self.clear()
+        return messages
+
+
+_capture: contextvars.ContextVar[CapturedMessages | None] = contextvars.ContextVar("uow_outbox_capture", default=None)
+
+
+@contextmanager
+def capture_messages() -> Generator[CapturedMessages, None, None]:
+    """Inside the block, a committed unit's messages are collected instead of delivered (rows are still written).
+
+    Messages of units or savepoints that roll back are never collected. The capture follows
+    the context, like `uow.testing.capture_on_commit`.
+    """
+    captured = CapturedMessages()
+    token = _capture.set(captured)
+    try:
+        yield captured
+    finally:
+        _capture.reset(token)
 
 
 def outbox_table(metadata: MetaData, name: str = _DEFAULT_TABLE, *, schema: str | None = None) -> Table:
@@ -273,7 +325,15 @@ class Outbox:
                 last_error=None,
             )
         )
-        if self.fast_path:
+        captured = _capture.get()
+        if captured is not None:
+            message = Message(message_id, job, json.loads(text))
+
+            def capture() -> None:
+                captured.append(message)
+
+            on_commit(capture, self.database)
+        elif self.fast_path:
             message = Message(message_id, job, json.loads(text))
             if self.database.is_async:
 
