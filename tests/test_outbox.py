@@ -223,6 +223,7 @@ async def test_enqueue_async_opens_a_lazy_unit_and_the_message_commits_with_it(a
 async def test_a_runner_that_raised_is_retried_by_the_relay(
     adb: uow.Database, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="uow.outbox")
     runner = Refusing(failures=1)
     outbox = Outbox(adb, runner, table=table, backoff=0.0)
     async with uow.unit_of_work(database=adb):
