@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, MetaData, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import Session, sessionmaker
 
 import uow
 from tests.conftest import Backend, finish_async_db, make_async_db
@@ -493,3 +494,41 @@ async def test_capture_inside_the_rolled_back_test_transaction(adb: uow.Database
         await messages.deliver_async(runner)
     assert runner.ids == [message_id]
     assert await rows(adb) == []  # the test's transaction took the row with it
+
+
+def test_a_session_the_caller_owns_delivers_when_the_caller_commits(sdb: uow.Database) -> None:
+    runner = SyncRecorder()
+    outbox = Outbox(sdb, runner, table=table)
+
+    @uow.unit_of_work(database=sdb)
+    def register(session: Session) -> str:
+        return outbox.enqueue("job", n=1)
+
+    factory = sdb.session_factory
+    assert isinstance(factory, sessionmaker)
+    with factory() as session:
+        message_id = register(session=session)
+        assert runner.messages == []
+        session.commit()
+    with factory() as session:
+        register(session=session)
+        session.rollback()
+    assert [m.id for m in runner.messages] == [message_id]
+    assert sync_rows(sdb) == []
+
+
+async def test_a_requires_new_unit_delivers_on_its_own_commit(adb: uow.Database) -> None:
+    runner = Recorder()
+    outbox = Outbox(adb, runner, table=table)
+
+    @uow.unit_of_work(database=adb, propagation="requires_new")
+    async def audit() -> str:
+        return outbox.enqueue("audit")
+
+    with pytest.raises(RuntimeError):
+        async with uow.unit_of_work(database=adb):
+            outbox.enqueue("rolled back with the outer unit")
+            audit_id = await audit()
+            assert runner.ids == [audit_id]  # delivered when the inner unit committed
+            raise RuntimeError("the outer unit fails")
+    assert runner.ids == [audit_id]

@@ -155,6 +155,40 @@ async def test_a_process_killed_after_commit_has_its_job_delivered_by_the_relay(
     assert await outbox_rows(db) == []
 
 
+async def test_the_relay_runs_as_part_of_a_saq_worker(queue: Queue, db: uow.Database) -> None:
+    # Started and stopped with the worker (its startup/shutdown hooks), as an app's lifespan would.
+    writer = Outbox(db, SaqRunner(queue), fast_path=False, lease=0.001)
+    async with uow.unit_of_work(database=db):
+        message_id = writer.enqueue("record", value="relayed inside the worker")
+    relay = Outbox(db, SaqRunner(queue))
+
+    async def startup(ctx: Context) -> None:
+        relay.start(interval=0.05)
+
+    async def shutdown(ctx: Context) -> None:
+        await relay.stop()
+
+    worker = SaqWorker(queue, functions=[record], startup=startup, shutdown=shutdown, dequeue_timeout=0.1)
+    running = asyncio.create_task(worker.start())
+
+    async def job_ran() -> None:
+        while not RUNS:
+            await asyncio.sleep(0.05)
+
+    try:
+        await asyncio.wait_for(job_ran(), timeout=20)
+    finally:
+        await asyncio.wait_for(worker.stop(), timeout=20)
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    assert RUNS == [(message_id, "relayed inside the worker")]
+    assert await outbox_rows(db) == []
+    async with uow.unit_of_work(database=db):
+        writer.enqueue("record", value="after the worker stopped")
+    await asyncio.sleep(0.2)
+    assert await relay.counts() == {"pending": 1, "failed": 0}  # the relay stopped with the worker
+
+
 # -- arq -------------------------------------------------------------------------------------
 
 
