@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -532,3 +533,38 @@ async def test_a_requires_new_unit_delivers_on_its_own_commit(adb: uow.Database)
             assert runner.ids == [audit_id]  # delivered when the inner unit committed
             raise RuntimeError("the outer unit fails")
     assert runner.ids == [audit_id]
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"], indirect=True)
+def test_relays_in_parallel_threads_deliver_each_row_once(sdb: uow.Database) -> None:
+    count, relays = 2000, 4
+    writer = Outbox(sdb, SyncRecorder(), table=table, fast_path=False, lease=0.001)
+    with uow.unit_of_work(database=sdb):
+        ids = {writer.enqueue("job", n=n) for n in range(count)}
+    time.sleep(0.01)
+    delivered: list[str] = []
+    lock = threading.Lock()
+
+    class Shared:
+        def deliver(self, message: Message, /) -> None:
+            with lock:
+                delivered.append(message.id)
+
+    def drain() -> None:
+        outbox = Outbox(sdb, Shared(), table=table, batch_size=25)
+
+        async def loop() -> None:
+            while await outbox.relay_once() or (await outbox.counts())["pending"]:
+                await asyncio.sleep(0)
+
+        asyncio.run(asyncio.wait_for(loop(), timeout=90))
+
+    threads = [threading.Thread(target=drain) for _ in range(relays)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(delivered) == count
+    assert set(delivered) == ids
+    assert sync_rows(sdb) == []
