@@ -424,6 +424,11 @@ def test_bad_configuration_is_refused_at_construction(sqlite_db: uow.Database) -
         Outbox(sqlite_db, SyncRecorder(), table=Table("t", MetaData(), Column("id", Integer, primary_key=True)))
     with pytest.raises(uow.ConfigurationError, match="max_attempts"):
         Outbox(sqlite_db, SyncRecorder(), max_attempts=0)
+    with pytest.raises(uow.ConfigurationError, match="needs a running event loop"):
+        Outbox(sqlite_db, SyncRecorder()).start()
+    unbound = uow.Database(session_factory=sessionmaker())
+    with pytest.raises(uow.ConfigurationError, match="session factory has no bind"):
+        asyncio.run(Outbox(unbound, SyncRecorder()).create_table())
 
 
 async def test_logs_name_the_message_not_the_payload(adb: uow.Database, caplog: pytest.LogCaptureFixture) -> None:

@@ -465,7 +465,14 @@ class Outbox:
         """Run the relay as a task of the running event loop (an app's or a worker's start-up hook)."""
         if self._relay_task is not None and not self._relay_task.done():
             raise ConfigurationError(f"{self!r}: the relay is running already; call 'await outbox.stop()' first")
-        self._relay_task = asyncio.get_running_loop().create_task(self.run(interval=interval))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise ConfigurationError(
+                f"{self!r}: start() needs a running event loop; call it from an async start-up hook "
+                "(an app's lifespan, a SAQ/arq worker's startup), or run 'python -m uow.outbox relay'"
+            ) from None
+        self._relay_task = loop.create_task(self.run(interval=interval))
 
     async def stop(self) -> None:
         """Stop the relay task `start` began (a pass in progress is cancelled; its rows wait for their lease)."""
@@ -493,6 +500,11 @@ class Outbox:
     async def create_table(self) -> None:
         """Create the outbox table if it is missing (or put it on your MetaData with `outbox_table`)."""
         table = self.table
+        if self.database.engine is None:
+            raise ConfigurationError(
+                f"{self!r}: create_table() needs the Database's engine, and its session factory has no bind; "
+                "create the table with your migrations (outbox_table(metadata)) instead"
+            )
         if self.database.is_async:
             async with self.database.engine.begin() as connection:  # type: ignore[union-attr]
                 await connection.run_sync(lambda sync: table.create(sync, checkfirst=True))
