@@ -424,6 +424,8 @@ def test_bad_configuration_is_refused_at_construction(sqlite_db: uow.Database) -
         Outbox(sqlite_db, SyncRecorder(), table=Table("t", MetaData(), Column("id", Integer, primary_key=True)))
     with pytest.raises(uow.ConfigurationError, match="max_attempts"):
         Outbox(sqlite_db, SyncRecorder(), max_attempts=0)
+    with pytest.raises(uow.ConfigurationError, match=r"Outbox\(backoff=-1"):
+        Outbox(sqlite_db, SyncRecorder(), backoff=-1)
     with pytest.raises(uow.ConfigurationError, match="needs a running event loop"):
         Outbox(sqlite_db, SyncRecorder()).start()
     unbound = uow.Database(session_factory=sessionmaker())

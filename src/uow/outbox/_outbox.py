@@ -263,6 +263,10 @@ class Outbox:
             raise ConfigurationError(f"Outbox(name={name!r}): the name must be 1 to 64 characters")
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise ConfigurationError(f"Outbox(max_attempts={max_attempts!r}): needs a whole number of at least 1")
+        if backoff < 0 or max_backoff < 0:
+            raise ConfigurationError(
+                f"Outbox(backoff={backoff!r}, max_backoff={max_backoff!r}): delays cannot be negative"
+            )
         if lease <= 0 or batch_size < 1:
             raise ConfigurationError(
                 f"Outbox(lease={lease!r}, batch_size={batch_size!r}): both must be positive (seconds, rows)"
