@@ -1,4 +1,4 @@
-"""examples/cli.py and examples/jobs.py run as the programs they are, on SQLite files."""
+"""examples/cli.py, examples/jobs.py and examples/outbox.py run as the programs they are, on SQLite files."""
 
 from __future__ import annotations
 
@@ -92,3 +92,23 @@ def test_jobs_celery_task_on_a_real_worker(jobs_module: ModuleType) -> None:
         first = issue_token.delay("ada@example.com").get(timeout=15)
         second = issue_token.delay("bob@example.com", ttl_seconds=-5).get(timeout=15)
     assert (first, second) == (1, 2)
+
+
+@pytest.mark.redis
+def test_outbox_tour_runs_the_committed_job_only(tmp_path: Path, redis_prefix: str) -> None:
+    env = {
+        "OUTBOX_DB": str(tmp_path / "outbox.sqlite3"),
+        "OUTBOX_QUEUE": redis_prefix,
+        "OUTBOX_REDIS_URL": redis_server.REDIS_URL,
+    }
+    tour = run("outbox.py", env=env)
+    assert tour.returncode == 0, tour.stderr
+    lines = tour.stdout.splitlines()
+    message_id = lines[0].split(" job ")[1].split()[0]
+    redis_server.delete_keys(message_id)  # arq's job and result keys are named by the job id alone
+    assert lines[1:] == [
+        "rolled back: sign-up of bob@example.com failed after enqueueing; its job never reaches arq",
+        "relay: delivered 0 (the fast path left nothing behind)",
+        "worker: 1 job(s) run",
+        "user ada@example.com: welcomed=True",
+    ]

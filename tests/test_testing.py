@@ -785,7 +785,7 @@ print(" ".join(sorted(name for name in uow.testing.__all__ if name.startswith(("
         (
             "pytest_asyncio",
             "bound_to_transaction capture_on_commit uow_async_transaction uow_captured_hooks uow_database "
-            "uow_override uow_transaction",
+            "uow_outbox_messages uow_override uow_transaction",
         ),
     ],
 )

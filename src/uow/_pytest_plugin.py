@@ -30,6 +30,7 @@ __all__ = [
     "uow_async_transaction",
     "uow_captured_hooks",
     "uow_database",
+    "uow_outbox_messages",
     "uow_override",
     "uow_transaction",
 ]
@@ -198,3 +199,16 @@ def uow_captured_hooks() -> Iterator[CapturedHooks]:
     """
     with capture_on_commit() as hooks:
         yield hooks
+
+
+@pytest.fixture
+def uow_outbox_messages() -> Iterator[Any]:
+    """The `uow.outbox` messages of units committed during the test, captured instead of delivered.
+
+    Assert on the list of `Message`, or hand them to a runner with ``.deliver(runner)`` /
+    ``await .deliver_async(runner)``.
+    """
+    from uow.outbox import capture_messages
+
+    with capture_messages() as messages:
+        yield messages

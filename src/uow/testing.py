@@ -8,7 +8,8 @@ It adds fixtures and changes nothing for tests that do not ask for them:
 - ``uow_transaction`` / ``uow_async_transaction``: run the test inside an outer transaction
   rolled back afterwards; every unit commits into a savepoint (``@pytest.mark.uow_commit`` opts out);
 - ``uow_override``: ``uow_override(UserService, FakeUserService)`` for one test;
-- ``uow_captured_hooks``: the ``on_commit`` hooks of the test, captured instead of run.
+- ``uow_captured_hooks``: the ``on_commit`` hooks of the test, captured instead of run;
+- ``uow_outbox_messages``: the `uow.outbox` messages of the test, captured instead of delivered.
 
 The context managers behind them work without pytest: `bound_to_transaction`,
 `capture_on_commit`, and `uow.override`.
@@ -28,6 +29,7 @@ try:
         uow_async_transaction,
         uow_captured_hooks,
         uow_database,
+        uow_outbox_messages,
         uow_override,
         uow_transaction,
     )
@@ -41,6 +43,7 @@ else:
         "uow_async_transaction",
         "uow_captured_hooks",
         "uow_database",
+        "uow_outbox_messages",
         "uow_override",
         "uow_transaction",
     ]
