@@ -1,4 +1,4 @@
-"""Which parameter gets which service, what frameworks see, and what a call may pass (DESIGN.md section 2).
+"""Which parameter gets which service, what frameworks see, and what a call may pass (README, "`with_services`").
 
 This module deliberately has no ``from __future__ import annotations``: its annotations are
 real objects. `tests.stringified` holds the same cases with string annotations.
