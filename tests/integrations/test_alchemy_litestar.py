@@ -144,7 +144,8 @@ def async_app(web: Web, config: SQLAlchemyAsyncConfig, record: Record) -> Litest
             db_session=id(db_session),
             advanced_alchemy=aa_session,
             current=id(uow.current_session()),
-            fresh_context=await asyncio.create_task(session_seen_through(request), context=contextvars.Context()),
+            # A task started in an empty context (create_task's context= is Python 3.11+).
+            fresh_context=await contextvars.Context().run(asyncio.create_task, session_seen_through(request)),
         )
         return {"ok": "yes"}
 
