@@ -1307,15 +1307,9 @@ def _enter_foreign(spec: UnitSpec, frame: Frame) -> ForeignJoin | None:
     with _lock:
         if tx.finished:
             raise _finished_error(tx)
-        inside = _prune(tx)
-        holder = inside[-1] if inside else None
-        if holder is not None and holder.user != frame.owner:
-            raise _concurrent_join_error(spec, tx, f"{holder.what} (joined from {_who(holder.user)})")
-        busy = tx.busy
-        if busy is not None and busy != me:
-            raise _concurrent_join_error(spec, tx, f"{_who(busy)}, in a statement on it right now")
+        _refuse_if_taken(spec, tx, holder=frame.owner, me=me)
         joined = ForeignJoin(me, spec.what)
-        inside.append(joined)
+        tx.inside.append(joined)
     return joined
 
 
@@ -1324,14 +1318,21 @@ def _hold(tx: Transaction, spec: UnitSpec) -> object:
     refused, then mark this task/thread as in a statement; what was marked before (to restore)."""
     me = current_user(tx.is_async)
     with _lock:
-        inside = _prune(tx)
-        if inside and inside[-1].user != me:
-            raise _concurrent_join_error(spec, tx, f"{inside[-1].what} (joined from {_who(inside[-1].user)})")
         busy = tx.busy
-        if busy is not None and busy != me:
-            raise _concurrent_join_error(spec, tx, f"{_who(busy)}, in a statement on it right now")
+        _refuse_if_taken(spec, tx, holder=me, me=me)
         tx.busy = me
     return busy
+
+
+def _refuse_if_taken(spec: UnitSpec, tx: Transaction, *, holder: object, me: object) -> None:
+    """Refuse `spec`'s unit when a join from a task/thread other than `holder` is running, or another
+    task/thread than `me` is in a statement on the session (call with `_lock` held)."""
+    inside = _prune(tx)
+    if inside and inside[-1].user != holder:
+        raise _concurrent_join_error(spec, tx, f"{inside[-1].what} (joined from {_who(inside[-1].user)})")
+    busy = tx.busy
+    if busy is not None and busy != me:
+        raise _concurrent_join_error(spec, tx, f"{_who(busy)}, in a statement on it right now")
 
 
 def _leave_foreign(unit: ActiveUnit) -> PropagationError | None:
