@@ -65,12 +65,18 @@ class UnitOfWorkMiddleware:
         """What is wrong with how the application is set up (checked at start-up and on the first request)."""
         return None
 
+    def _unchecked_error(self, scope: Scope) -> ConfigurationError | None:
+        """`startup_error`, until the set-up has once been found right (then None, without asking again)."""
+        if self._checked:
+            return None
+        error = self.startup_error(scope)
+        self._checked = error is None
+        return error
+
     def _check_once(self, scope: Scope) -> None:
-        if not self._checked:
-            error = self.startup_error(scope)
-            if error is not None:
-                raise error
-            self._checked = True
+        error = self._unchecked_error(scope)
+        if error is not None:
+            raise error
 
     def _unit(self, scope: Scope) -> RequestUnit:
         if self.request_session is None:
@@ -117,12 +123,11 @@ class UnitOfWorkMiddleware:
         # surfacing as a 500 on some later request.
         async def receive_checked() -> Message:
             message = await receive()
-            if message["type"] == "lifespan.startup" and not self._checked:
-                error = self.startup_error(scope)
+            if message["type"] == "lifespan.startup":
+                error = self._unchecked_error(scope)
                 if error is not None:
                     await send({"type": "lifespan.startup.failed", "message": str(error)})
                     raise error
-                self._checked = True
             return message
 
         return receive_checked
