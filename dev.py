@@ -4,6 +4,7 @@
     python3 dev.py demo     # a tour on an SQLite file: a job, a CLI command, a route handler
     python3 dev.py test     # the whole test suite
     python3 dev.py bench    # the benchmarks (benchmarks/README.md); --quick for a fast pass
+    python3 dev.py docs     # the documentation site, built --strict into site/; --serve to serve it
 
 Each makes (or reuses) a virtual environment in .venv (UOW_VENV to put it elsewhere),
 installs what it needs into it, and runs. Arguments after ``test`` go to pytest.
@@ -19,11 +20,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 # The test suite smoke-runs the benchmarks, so it installs their extra (which includes test and integrations).
-EXTRAS = {"demo": "demo", "test": "bench", "lint": "bench,lint", "bench": "bench"}
+EXTRAS = {"demo": "demo", "test": "bench", "lint": "bench,lint", "bench": "bench", "docs": ""}
+# PEP 735 dependency groups of pyproject.toml installed on top (pip >= 25.1, which ensure_venv upgrades to).
+GROUPS = {"docs": ["docs"]}
 
 
-def ensure_venv(extras: str) -> Path:
-    """The virtual environment's python, with uow and `extras` installed (once per set of extras)."""
+def ensure_venv(extras: str, groups: list[str] | None = None) -> Path:
+    """The virtual environment's python, with uow, `extras` and dependency `groups` installed (once per set)."""
     if sys.version_info < (3, 10):
         sys.exit(f"uow needs Python 3.10 or newer; this is {sys.version.split()[0]}")
     where = Path(os.environ.get("UOW_VENV", ROOT / ".venv"))
@@ -31,13 +34,17 @@ def ensure_venv(extras: str) -> Path:
     if not python.exists():
         print(f"creating virtual environment in {where}", flush=True)
         venv.EnvBuilder(with_pip=True, clear=True).create(where)
-    marker = where / f".uow-installed-{extras.replace(',', '-')}"
+    groups = groups or []
+    wanted = "-".join([extras.replace(",", "-"), *(f"group-{group}" for group in groups)]).strip("-") or "core"
+    marker = where / f".uow-installed-{wanted}"
     stamp = str((ROOT / "pyproject.toml").stat().st_mtime_ns)
     if not marker.exists() or marker.read_text() != stamp:
-        print(f"installing uow[{extras}] into {where}", flush=True)
+        print(f"installing uow[{extras}] {' '.join(f'--group {g}' for g in groups)} into {where}", flush=True)
         pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
         subprocess.run([*pip, "--upgrade", "pip"], check=True)
-        subprocess.run([*pip, "-e", f"{ROOT}[{extras}]"], check=True)
+        target = f"{ROOT}[{extras}]" if extras else str(ROOT)
+        # `--group NAME` reads ./pyproject.toml, hence cwd=ROOT.
+        subprocess.run([*pip, "-e", target, *(f"--group={group}" for group in groups)], check=True, cwd=ROOT)
         marker.write_text(stamp)
     return python
 
@@ -47,14 +54,25 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     command, rest = argv[0], argv[1:]
-    python = str(ensure_venv(EXTRAS[command]))
+    python = str(ensure_venv(EXTRAS[command], GROUPS.get(command)))
     if command == "demo":
         return subprocess.call([python, str(ROOT / "examples" / "demo.py"), *rest], cwd=ROOT)
     if command == "test":
         return subprocess.call([python, "-m", "pytest", *rest], cwd=ROOT)
     if command == "bench":
         return subprocess.call([python, str(ROOT / "benchmarks" / "run.py"), *rest], cwd=ROOT)
+    if command == "docs":
+        return docs(python, rest)
     return lint(python)
+
+
+def docs(python: str, rest: list[str]) -> int:
+    """Build the site strict into site/ (a broken link, a bad reference or a page left out of the nav fails),
+    or with --serve serve it with live reload; other arguments go to mkdocs."""
+    os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")  # Material's banner about its successor, on every build
+    if rest[:1] == ["--serve"]:
+        return subprocess.call([python, "-m", "mkdocs", "serve", "--strict", *rest[1:]], cwd=ROOT)
+    return subprocess.call([python, "-m", "mkdocs", "build", "--strict", "--site-dir", "site", *rest], cwd=ROOT)
 
 
 def lint(python: str) -> int:

@@ -50,6 +50,7 @@ _database_cache: pytest.StashKey[Database] = pytest.StashKey()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    """Register the `uow_database` ini option (`"module:attribute"` naming a Database or a function returning one)."""
     parser.addini(
         DATABASE_OPTION,
         "import path 'package.module:name' of the uow.Database (or a function returning one) "
@@ -59,6 +60,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """Register the `uow_commit` marker (a test whose units commit for real)."""
     config.addinivalue_line(
         "markers",
         f"{COMMIT_MARKER}: run without uow's rollback-per-test transaction; units commit for real "

@@ -76,6 +76,7 @@ class UnitOfWorkPlugin(InitPlugin):
         self.alchemy: AlchemyConfig | Literal[False] | None = alchemy
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        """Install the request-unit middleware outermost (linked to advanced-alchemy's plugin when asked to)."""
         request_session = self._request_session(_alchemy_configs(app_config.plugins))
         # Outermost, so the authentication middleware and everything inside can use the unit too.
         app_config.middleware.insert(

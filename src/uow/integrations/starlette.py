@@ -66,6 +66,7 @@ class UnitOfWorkMiddleware(_asgi.UnitOfWorkMiddleware):
         self.alchemy: AdvancedAlchemy | Literal[False] | None = alchemy
 
     def startup_error(self, scope: Scope) -> ConfigurationError | None:
+        """Refuse an advanced-alchemy extension on the app that this middleware was not linked to."""
         installed: object = getattr(getattr(scope.get("app"), "state", None), "advanced_alchemy", None)
         if self.alchemy is None:
             return ConfigurationError(UNLINKED) if installed is not None else None

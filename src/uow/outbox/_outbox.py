@@ -110,7 +110,9 @@ class Runner(Protocol):
     may also have ``check(job, payload)``, called by ``enqueue`` to refuse what it could never deliver.
     """
 
-    def deliver(self, message: Message, /) -> Awaitable[None] | None: ...
+    def deliver(self, message: Message, /) -> Awaitable[None] | None:
+        """Hand `message` to the job queue; return (or finish awaiting) once it is accepted, raise otherwise."""
+        ...
 
 
 class CapturedMessages(list[Message]):

@@ -28,6 +28,7 @@ class SaqRunner:
         self._job = Job
 
     async def deliver(self, message: Message, /) -> None:
+        """Enqueue `message` as a SAQ job keyed by the message id (a repeat is dropped while the job is queued or running)."""
         # A Job, not keyword arguments: payload keys such as "timeout" stay the job's arguments.
         job = self._job(function=message.job, kwargs=dict(message.payload), key=message.id, **self.job_options)
         await self.queue.enqueue(job)  # None when a job with this key is queued or running already
@@ -54,6 +55,7 @@ class ArqRunner:
             )
 
     async def deliver(self, message: Message, /) -> None:
+        """Enqueue `message` as an arq job with `_job_id` = the message id (a repeat is dropped while arq knows the id)."""
         await self.redis.enqueue_job(message.job, _job_id=message.id, _queue_name=self.queue_name, **message.payload)
 
 
@@ -69,4 +71,5 @@ class CeleryRunner:
         self.options = options
 
     def deliver(self, message: Message, /) -> None:
+        """Send `message` as a Celery task with `task_id` = the message id."""
         self.app.send_task(message.job, kwargs=dict(message.payload), task_id=message.id, **self.options)
