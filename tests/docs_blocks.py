@@ -21,6 +21,7 @@ import json
 import re
 import sys
 import textwrap
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +55,12 @@ def blocks(text: str) -> list[Block]:
 
 
 def run(page: Path) -> dict[str, int]:
-    namespace: dict[str, object] = {"__name__": "__main__"}
+    # The page is a module of its own, registered as __main__, so that what looks a class's module up
+    # (SQLAlchemy resolving `Mapped[int]`, pickle, typing.get_type_hints) finds the page's names.
+    page_module = types.ModuleType("__main__")
+    page_module.__file__ = str(page)
+    sys.modules["__main__"] = page_module
+    namespace = page_module.__dict__
     loop = asyncio.new_event_loop()
     counts = {"executed": 0, "files": 0}
     sys.path.insert(0, str(Path.cwd()))

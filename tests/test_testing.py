@@ -1,6 +1,6 @@
 """uow.testing: the pytest plugin, proven by running small suites with pytester, on SQLite and PostgreSQL.
 
-The inner suites use the conftest.py blocks of the README verbatim (with `myapp` renamed),
+The inner suites use the conftest.py blocks of docs/testing.md verbatim (with `myapp` renamed),
 so the documentation a user copies is the code under test. Each inner suite runs in a
 subprocess: its own event loop, its own process-wide uow state.
 """
@@ -35,7 +35,7 @@ from uow.testing import CapturedHooks, UnitLeftOpenError, bound_to_transaction, 
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "README.md"  # its "Testing your code" section
+DOCS = ROOT / "docs" / "testing.md"  # its two conftest.py blocks
 SRC = ROOT / "src"
 
 
@@ -49,9 +49,9 @@ def plugin_args() -> list[str]:
 
 
 def docs_conftest(kind: str, package: str) -> str:
-    """The `kind` ('sync' or 'async') conftest.py of the README, importing from `package` instead of myapp."""
-    blocks = re.findall(r"```python\n(# conftest\.py\n.*?)```", DOCS.read_text(), re.S)
-    assert len(blocks) == 2, "the README should hold a sync and an async conftest.py"
+    """The `kind` ('sync' or 'async') conftest.py of docs/testing.md, importing from `package` instead of myapp."""
+    blocks = re.findall(r'```python title="conftest\.py"\n(.*?)```', DOCS.read_text(), re.S)
+    assert len(blocks) == 2, "docs/testing.md should hold a sync and an async conftest.py"
     return blocks[0 if kind == "sync" else 1].replace("myapp.", f"{package}.")
 
 
