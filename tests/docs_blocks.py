@@ -79,6 +79,10 @@ def run(page: Path) -> dict[str, int]:
                     loop.run_until_complete(result)
                 counts["executed"] += 1
     finally:
+        # Tasks a page left running (a session closed once its last statement is over) end first.
+        pending = asyncio.all_tasks(loop)
+        if pending:
+            loop.run_until_complete(asyncio.wait(pending, timeout=10))
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
     return counts
