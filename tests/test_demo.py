@@ -1,4 +1,4 @@
-"""The README's demo runs and reports what it committed and rolled back."""
+"""The demo of the README's `python3 dev.py demo` runs and reports what it committed and rolled back."""
 
 from __future__ import annotations
 

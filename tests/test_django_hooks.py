@@ -3,8 +3,8 @@
 As in Django, each step writes a row and registers a hook that records its number, and a test
 checks both: the hooks that ran (in order) and the rows that were committed must match. Django's
 inner ``atomic()`` is a ``nested`` unit here, ``atomic(savepoint=False)`` a joined one. Where Django
-runs a hook at once outside a transaction, uow refuses with `NoActiveUnitOfWork` (README,
-``on_commit``); where Django's outer block rolls back silently after a swallowed inner failure,
+runs a hook at once outside a transaction, uow refuses with `NoActiveUnitOfWork` (docs/design.md,
+"Hooks"); where Django's outer block rolls back silently after a swallowed inner failure,
 uow raises `RollbackOnlyError`. uow's hooks are all "robust": one that raises is logged and the
 others run. Every scenario runs on pysqlite, psycopg, aiosqlite and asyncpg (`tests.flavors`).
 

@@ -5,7 +5,7 @@ Django's ``atomic()`` nested in ``atomic()`` is a savepoint: here ``propagation=
 (a join). ``atomic(durable=True)`` refuses to be nested: here ``propagation="never"``. A new
 connection is ``propagation="requires_new"``. Where Django's outer block silently rolls back
 after a swallowed inner failure (``needs_rollback``), uow rolls back and raises
-`RollbackOnlyError`, as the README's "Who opens, commits and closes" asks. Every scenario runs on pysqlite, psycopg,
+`RollbackOnlyError`, as docs/design.md, "Ownership", asks. Every scenario runs on pysqlite, psycopg,
 aiosqlite and asyncpg (`tests.flavors`); the basic ones also inside an outer transaction, the
 way Django's ``AtomicInsideTransactionTests`` repeats them (here: ``uow.testing``'s binding).
 

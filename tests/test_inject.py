@@ -1,4 +1,4 @@
-"""Which parameter gets which service, what frameworks see, and what a call may pass (README, "`with_services`").
+"""Which parameter gets which service, what frameworks see, and what a call may pass (docs/design.md, "Services and parameters").
 
 This module deliberately has no ``from __future__ import annotations``: its annotations are
 real objects. `tests.stringified` holds the same cases with string annotations.

@@ -1,4 +1,4 @@
-"""Tasks and threads started inside a unit: one task at a time on a session (the README's "Who opens, commits and closes").
+"""Tasks and threads started inside a unit: one task at a time on a session (docs/design.md, "The concurrency rule").
 
 A child that joins the unit from a task or thread of its own is admitted while nobody else uses the
 session (the parent waits for it), and holds the session until it returns. A second child joining

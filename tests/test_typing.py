@@ -1,4 +1,4 @@
-"""Type checkers see decorated functions the way the README's "Typing" section says: tests/typing/ checked by mypy --strict and pyright.
+"""Type checkers see decorated functions the way docs/typing.md says: tests/typing/ checked by mypy --strict and pyright.
 
 The checked files are never imported or collected by pytest; its ``assert_type`` calls and its
 ``# type: ignore`` comments (each must be needed) are the assertions.

@@ -1,4 +1,4 @@
-"""Ownership (the README's "Who opens, commits and closes"), propagation, hooks and the unit's public helpers, sync and async.
+"""Ownership (docs/design.md, "Ownership"), propagation, hooks and the unit's public helpers, sync and async.
 
 Every test runs on each backend (SQLite file, PostgreSQL, MariaDB) through the ``sync_db`` /
 ``async_db`` fixtures, which also fail the test if a connection or a server transaction leaked.

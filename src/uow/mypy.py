@@ -1,8 +1,7 @@
 """An optional mypy plugin: the decorated function's exact type for every layout, by parameter name.
 
 Enable it with ``plugins = ["uow.mypy"]`` under ``[tool.mypy]`` (or ``plugins = uow.mypy`` in
-mypy.ini). Without it mypy and pyright see what the overloads in `uow._typing` express (README
-"Typing"); with it mypy also follows what PEP 612 cannot: keyword-only services and services in
+mypy.ini). Without it mypy and pyright see what the overloads in `uow._typing` express (docs/typing.md); with it mypy also follows what PEP 612 cannot: keyword-only services and services in
 any position or order, and parameter names before the services stay usable by keyword. It also
 keeps a signature that mentions ``Any`` (arq's ``ctx: dict[Any, Any]``) exact, where mypy's overload
 rules would give up and infer ``Any``.

@@ -447,7 +447,7 @@ def test_linked_config_and_database_must_be_of_one_kind(web_sqlite: Web) -> None
 
 
 def test_the_readme_setup_from_a_connection_string(web_async_sqlite: Web) -> None:
-    # As the README shows it: advanced-alchemy's config from a URL, uow's Database on its engine, set as the default.
+    # As docs/guides/litestar.md shows it: advanced-alchemy's config from a URL, uow's Database on its engine, set as the default.
     url = web_async_sqlite.db.engine.url.render_as_string(hide_password=False)  # type: ignore[union-attr]
     alchemy = SQLAlchemyAsyncConfig(connection_string=url, before_send_handler="autocommit")
     uow.configure(uow.Database(engine=alchemy.get_engine()))

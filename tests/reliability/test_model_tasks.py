@@ -7,7 +7,7 @@ its end. A step runs decorated leaf children: ``inline`` (awaited in the parent'
 (``return_exceptions=True`` for a fan-out). Each child has a propagation, starts with a
 statement (so it is inside the unit when its siblings start), may write and may raise.
 
-The model is the README's "Who opens, commits and closes" plus the rule "one task at a time on a session": in a
+The model is docs/design.md's "Ownership" plus "The concurrency rule" (one task at a time on a session): in a
 fan-out, the first child that joins the parent's session (``required`` or ``nested``) is
 admitted and every later joining child is refused with `PropagationError`, which marks the
 whole unit rollback-only; ``requires_new`` children run beside it in their own sessions.
