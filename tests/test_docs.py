@@ -70,7 +70,10 @@ def test_a_failing_block_fails_its_page(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text("# t\n\n```python\nvalue = 1\n```\n\n```python\nassert value == 2, 'wrong'\n```\n")
     result = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "docs_blocks.py"), str(page)], cwd=tmp_path, capture_output=True, text=True
+        [sys.executable, str(ROOT / "tests" / "docs_blocks.py"), str(page)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode != 0
     assert f'File "{page}", line 8' in result.stderr
@@ -85,7 +88,10 @@ def test_top_level_await_runs_on_one_loop(tmp_path: Path) -> None:
         "```python\nasyncio.run(asyncio.sleep(0))  # a block without await runs outside the loop\n```\n"
     )
     result = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "docs_blocks.py"), str(page)], cwd=tmp_path, capture_output=True, text=True
+        [sys.executable, str(ROOT / "tests" / "docs_blocks.py"), str(page)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"executed": 3, "files": 0}

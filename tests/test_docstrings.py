@@ -31,7 +31,9 @@ MODULES = [
 def public_names(module: ModuleType) -> list[str]:
     names = getattr(module, "__all__", None)
     if names is None:
-        names = [name for name, value in vars(module).items() if not name.startswith("_") and not inspect.ismodule(value)]
+        names = [
+            name for name, value in vars(module).items() if not name.startswith("_") and not inspect.ismodule(value)
+        ]
     return sorted(names)
 
 
