@@ -6,6 +6,7 @@ The checked files are never imported or collected by pytest; its ``assert_type``
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHECKED = ROOT / "tests" / "typing" / "check_types.py"
 PLUGIN_CHECKED = ROOT / "tests" / "typing" / "check_mypy_plugin.py"
 PLUGIN_CONFIG = ROOT / "tests" / "typing" / "mypy_plugin.ini"
+GENERATOR = ROOT / "scripts" / "gen_typing.py"
 
 
 def _run(*command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -54,3 +56,26 @@ def test_pyright() -> None:
     result = _run("pyright", "--pythonpath", sys.executable, str(CHECKED.relative_to(ROOT)))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 errors" in result.stdout
+
+
+def test_typing_module_is_what_the_generator_writes(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("gen_typing", GENERATOR)
+    assert spec is not None and spec.loader is not None
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    committed = (ROOT / "src" / "uow" / "_typing.py").read_text(encoding="utf-8")
+    assert generator.source() == committed, "src/uow/_typing.py was edited by hand: edit scripts/gen_typing.py and run it"
+    assert _run_script("--check").returncode == 0
+    # --check fails on a module that differs from what it writes.
+    edited = tmp_path / "_typing.py"
+    edited.write_text(committed.replace("class Bound(", "class Bound2("), encoding="utf-8")
+    generator.TARGET = edited
+    assert generator.main(["--check"]) == 1
+    generator.main([])
+    assert edited.read_text(encoding="utf-8") == committed
+
+
+def _run_script(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(GENERATOR), *args], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )

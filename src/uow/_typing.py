@@ -27,6 +27,7 @@ matches a looser overload: its other arguments are not checked (PEP 612 cannot a
 """
 
 # This module follows one regular pattern (N services x K leading parameters); keep it so.
+# It is written by scripts/gen_typing.py: edit that script and run it, not this file.
 # pyright infers the capture protocols' variance from their ParamSpec overloads as covariant where
 # mypy (rightly) wants the parameters contravariant; and it calls the ``connection=`` overload
 # shadowed by the ``session=`` one, which it is not (each needs its own keyword). mypy checks both.
