@@ -39,6 +39,13 @@ one `__call__` overload of `_DecoratorN`:
   parameter typed ``object`` or ``Any`` there would be taken for it, and pyright cannot tell;
 - anything else falls back to ``Callable[..., R]``: calls type-check and the return type is kept.
 
+A function whose injected parameters are marked ``= injected()`` needs none of that: those
+parameters have defaults, so its own signature is already what callers may pass. `unit_of_work`
+returns it as `Kept` (`KeptMethod` when it has a first positional parameter, which binds like a
+method's ``self``), which adds the ``session=`` / ``connection=`` calls. `with_services(...)`
+cannot do the same: an overload cannot tell a marked function from an unmarked one (a default's
+value is not part of a callable's type), and an unmarked one's services must stay optional.
+
 The overloads go from the most specific layout to the least: the first that matches wins.
 
 Each `_FnN_<form>` protocol captures a function twice, with the services removed (``P``) and
@@ -50,7 +57,7 @@ matches a looser overload: its other arguments are not checked (PEP 612 cannot a
 """
 '''
 
-PRELUDE = '''
+PRELUDE = """
 # This module follows one regular pattern (N services x K leading parameters); keep it so.
 # It is written by scripts/gen_typing.py: edit that script and run it, not this file.
 # pyright infers the capture protocols' variance from their ParamSpec overloads as covariant where
@@ -66,7 +73,7 @@ from typing import Any, Generic, Protocol, TypeVar, overload
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from typing_extensions import ParamSpec, Self
-'''
+"""
 
 # The layouts, most specific first: (name suffix, leading positional parameters, a session before the services).
 FORMS = (("S0", 0, True), ("0", 0, False), ("1S0", 1, True), ("1", 1, False), ("2", 2, False), ("3", 3, False))
@@ -74,17 +81,17 @@ FORMS = (("S0", 0, True), ("0", 0, False), ("1S0", 1, True), ("1", 1, False), ("
 # the functions it can match: the first overload that matches wins).
 OVERLAP_IGNORED = ("0", "1", "2")
 
-LOOSE_CALLS = '''\
+LOOSE_CALLS = """\
     @overload
     def __call__(self, *args: Any, session: Session | AsyncSession, **kwargs: Any) -> R: ...
     @overload
     def __call__(self, *args: Any, connection: object, **kwargs: Any) -> R: ...
-'''
+"""
 
-GET_DOC = '''\
+GET_DOC = """\
     # An instance method through an instance; a classmethod (its `cls` is the owner); else unbound
     # (a method through its class, a staticmethod).
-'''
+"""
 
 
 WIDTH = 120
@@ -116,6 +123,52 @@ def _plural(k: int) -> str:
     return "parameter" if k == 1 else "parameters"
 
 
+def kept() -> str:
+    return (
+        "class Kept(Generic[P, R]):\n"
+        '    """A function whose injected parameters are marked ``= injected()``: its own signature ``(*P) -> R``."""\n'
+        "\n"
+        "    @overload\n"
+        "    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...\n"
+        + LOOSE_CALLS
+        + "    def __call__(self, *args: Any, **kwargs: Any) -> Any:\n"
+        "        raise NotImplementedError\n"
+    )
+
+
+def kept_method() -> str:
+    return (
+        "class KeptMethod(Generic[A0, P, PB, R]):\n"
+        '    """`Kept` for a function with a first positional parameter (``A0``, then ``P``); binds like a method."""\n'
+        "\n"
+        "    @overload\n"
+        "    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R: ...\n"
+        + LOOSE_CALLS
+        + "    def __call__(self, *args: Any, **kwargs: Any) -> Any:\n"
+        "        raise NotImplementedError\n"
+        "\n" + GET_DOC + "    @overload\n"
+        "    def __get__(self, obj: A0, owner: Any, /) -> Kept[P, R]: ...\n"
+        "    @overload\n"
+        "    def __get__(self, obj: Any, owner: A0, /) -> Kept[P, R]: ...\n"
+        "    @overload\n"
+        "    def __get__(self, obj: Any, owner: Any, /) -> Self: ...\n"
+        "    def __get__(self, obj: Any, owner: Any, /) -> Any:\n"
+        "        raise NotImplementedError\n"
+    )
+
+
+def first_protocol() -> str:
+    return (
+        "class _FnFirst(Protocol[A0_contra, P, PB, R_co]):\n"
+        '    """A function with a first positional parameter, captured without it (``P``) and with it (``PB``)."""\n'
+        "\n"
+        "    @overload\n"
+        "    def __call__(self, a0: A0_contra, /, *args: P.args, **kwargs: P.kwargs) -> R_co: ...\n"
+        "    @overload\n"
+        "    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...\n"
+    )
+
+
 def typevars() -> str:
     out = ['P = ParamSpec("P")', 'PB = ParamSpec("PB")', 'R = TypeVar("R")', 'R_co = TypeVar("R_co", covariant=True)']
     out += [f'S{i} = TypeVar("S{i}")' for i in range(1, MAX_SERVICES + 1)]
@@ -129,8 +182,9 @@ def typevars() -> str:
 
 def all_names() -> str:
     names = [f"After{k}" for k in range(1, MAX_LEADING + 1)]
-    names += ["Bound", "_AnyDecorator"]
+    names += ["Bound", "Kept", "KeptMethod", "_AnyDecorator"]
     names += [f"_Decorator{n}" for n in range(1, MAX_SERVICES + 1)]
+    names.append("_FnFirst")
     return "__all__ = [\n" + "".join(f'    "{name}",\n' for name in names) + "]\n"
 
 
@@ -185,7 +239,9 @@ def protocol(n: int, form: str, k: int, session: bool) -> str:
     return (
         class_header(f"_Fn{n}_{form}", "Protocol", [*head, "P", "PB", "R_co"])
         + "\n    @overload\n"
-        + signature("    ", "def __call__(", ["self", *removed, "/", "*args: P.args", "**kwargs: P.kwargs"], ") -> R_co: ...")
+        + signature(
+            "    ", "def __call__(", ["self", *removed, "/", "*args: P.args", "**kwargs: P.kwargs"], ") -> R_co: ..."
+        )
         + "\n    @overload\n"
         + signature("    ", "def __call__(", ["self", *kept, "*args: PB.args", "**kwargs: PB.kwargs"], ") -> R_co: ...")
         + "\n"
@@ -221,7 +277,7 @@ def decorator(n: int) -> str:
 
 
 def source() -> str:
-    blocks = [bound(), *(after(k) for k in range(1, MAX_LEADING + 1))]
+    blocks = [bound(), *(after(k) for k in range(1, MAX_LEADING + 1)), kept(), kept_method(), first_protocol()]
     blocks += [protocol(n, form, k, session) for n in range(1, MAX_SERVICES + 1) for form, k, session in FORMS]
     blocks += [any_decorator(), *(decorator(n) for n in range(1, MAX_SERVICES + 1))]
     return DOCSTRING + PRELUDE + "\n" + all_names() + "\n" + typevars() + "\n\n" + "\n\n".join(blocks)

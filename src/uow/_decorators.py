@@ -35,6 +35,9 @@ from uow.errors import ConfigurationError, InjectionError
 
 if TYPE_CHECKING:  # typing only: the decorated functions are plain functions at run time
     from uow._typing import (
+        After1,
+        Kept,
+        KeptMethod,
         _AnyDecorator,
         _Decorator1,
         _Decorator2,
@@ -42,11 +45,13 @@ if TYPE_CHECKING:  # typing only: the decorated functions are plain functions at
         _Decorator4,
         _Decorator5,
         _Decorator6,
+        _FnFirst,
     )
 
 __all__ = ["ServicesContext", "UnitOfWork", "provide_services", "unit_of_work", "with_services"]
 
 P = ParamSpec("P")
+PB = ParamSpec("PB")
 R = TypeVar("R")
 T = TypeVar("T")
 
@@ -261,18 +266,24 @@ class UnitOfWork:
             what="unit_of_work()",
         )
 
+    # The function's type minus a first Session / AsyncSession parameter, plus session= / connection=.
+    # (mypy: a function taking two sessions would match the next overloads too; the first match wins.)
     @overload
-    def __call__(self, fn: Callable[Concatenate[Session, P], R], /) -> Callable[P, R]: ...
+    def __call__(self, fn: Callable[Concatenate[Session, P], R], /) -> Kept[P, R]: ...  # type: ignore[overload-overlap]
     @overload
-    def __call__(self, fn: Callable[Concatenate[AsyncSession, P], R], /) -> Callable[P, R]: ...
+    def __call__(self, fn: Callable[Concatenate[AsyncSession, P], R], /) -> Kept[P, R]: ...  # type: ignore[overload-overlap]
     # The session after `self` / `cls` / a job's `ctx`: that parameter becomes positional-only to checkers.
     @overload
-    def __call__(self, fn: Callable[Concatenate[T, Session, P], R], /) -> Callable[Concatenate[T, P], R]: ...
+    def __call__(self, fn: Callable[Concatenate[T, Session, P], R], /) -> After1[T, P, P, R]: ...  # pyright: ignore[reportOverlappingOverload]
     @overload
-    def __call__(self, fn: Callable[Concatenate[T, AsyncSession, P], R], /) -> Callable[Concatenate[T, P], R]: ...
+    def __call__(self, fn: Callable[Concatenate[T, AsyncSession, P], R], /) -> After1[T, P, P, R]: ...
+    # Any other function keeps its own signature (parameters marked `= injected()` are optional there),
+    # and a caller may pass session= / connection=; a first positional parameter binds like `self`.
     @overload
-    def __call__(self, fn: Callable[P, R], /) -> Callable[P, R]: ...
-    def __call__(self, fn: Callable[..., R], /) -> Callable[..., R]:
+    def __call__(self, fn: _FnFirst[T, P, PB, R], /) -> KeptMethod[T, P, PB, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Kept[P, R]: ...
+    def __call__(self, fn: Callable[..., R], /) -> Any:
         decorated: Callable[..., R] = decorate(
             fn,
             (),

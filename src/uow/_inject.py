@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session
 from sqlalchemy.orm import Session, scoped_session
 
 from uow._database import Database, get_default_database
+from uow._markers import Injected
 from uow._providers import (
     SESSION_PARAM_NAMES,
     DirectBuilder,
@@ -275,6 +276,7 @@ def plan_function(
     hints = _resolved_hints(fn)
 
     targets = _match(plans, parameters, hints, what)
+    targets += _marked(parameters, hints, targets, is_async=is_async, what=what)
     taken = {name for name, _ in targets}
     session_params = tuple(
         name
@@ -530,6 +532,51 @@ def _match(
         owner[chosen] = plan
         targets.append((chosen, plan))
     return targets
+
+
+def _marked(
+    parameters: typing.Mapping[str, inspect.Parameter],
+    hints: dict[str, Any],
+    targets: list[tuple[str, ServicePlan]],
+    *,
+    is_async: bool,
+    what: str,
+) -> list[tuple[str, ServicePlan]]:
+    """The services of the parameters marked ``= injected()`` that no listed service took."""
+    listed = dict(targets)
+    marked: list[tuple[str, ServicePlan]] = []
+    for name, parameter in parameters.items():
+        marker = parameter.default
+        if not isinstance(marker, Injected):
+            continue
+        annotation = hints.get(name, parameter.annotation)
+        if name in listed:
+            plan = listed[name]
+            if marker.provider is not None and marker.provider is not plan.provider:
+                raise InjectionError(
+                    f"{what}: parameter {name!r} is marked {marker!r}, but the decorator's service {plan.label} "
+                    "fills it: name its service in one place"
+                )
+            continue
+        if marker.provider is None and _wants_session(parameter, annotation):
+            continue  # the unit's session, as for any parameter annotated Session/AsyncSession
+        service = marker.provider if marker.provider is not None else unwrap_annotated(annotation)
+        not_a_class = (
+            annotation is inspect.Parameter.empty or not isinstance(service, type) or service.__module__ == "builtins"
+        )
+        if not callable(service) or (marker.provider is None and not_a_class):
+            shown = (
+                "it has no annotation"
+                if annotation is inspect.Parameter.empty
+                else f"its annotation {annotation!r} is not a service class"
+            )
+            raise InjectionError(
+                f"{what}: parameter {name!r} is marked injected(), but {shown}: "
+                "annotate it with the service class (imported at run time, not only under TYPE_CHECKING), "
+                "or name the provider: injected(provide_service)"
+            )
+        marked.append((name, plan_service(service, for_async=is_async, owner=what)))
+    return marked
 
 
 def _variadic_hint(parameters: typing.Mapping[str, inspect.Parameter]) -> str:

@@ -16,6 +16,13 @@ one `__call__` overload of `_DecoratorN`:
   parameter typed ``object`` or ``Any`` there would be taken for it, and pyright cannot tell;
 - anything else falls back to ``Callable[..., R]``: calls type-check and the return type is kept.
 
+A function whose injected parameters are marked ``= injected()`` needs none of that: those
+parameters have defaults, so its own signature is already what callers may pass. `unit_of_work`
+returns it as `Kept` (`KeptMethod` when it has a first positional parameter, which binds like a
+method's ``self``), which adds the ``session=`` / ``connection=`` calls. `with_services(...)`
+cannot do the same: an overload cannot tell a marked function from an unmarked one (a default's
+value is not part of a callable's type), and an unmarked one's services must stay optional.
+
 The overloads go from the most specific layout to the least: the first that matches wins.
 
 Each `_FnN_<form>` protocol captures a function twice, with the services removed (``P``) and
@@ -47,6 +54,8 @@ __all__ = [
     "After2",
     "After3",
     "Bound",
+    "Kept",
+    "KeptMethod",
     "_AnyDecorator",
     "_Decorator1",
     "_Decorator2",
@@ -54,6 +63,7 @@ __all__ = [
     "_Decorator4",
     "_Decorator5",
     "_Decorator6",
+    "_FnFirst",
 ]
 
 P = ParamSpec("P")
@@ -173,6 +183,52 @@ class After3(Generic[A0, A1, A2, P, PB, R]):
     def __get__(self, obj: Any, owner: Any, /) -> Self: ...
     def __get__(self, obj: Any, owner: Any, /) -> Any:
         raise NotImplementedError
+
+
+class Kept(Generic[P, R]):
+    """A function whose injected parameters are marked ``= injected()``: its own signature ``(*P) -> R``."""
+
+    @overload
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+    @overload
+    def __call__(self, *args: Any, session: Session | AsyncSession, **kwargs: Any) -> R: ...
+    @overload
+    def __call__(self, *args: Any, connection: object, **kwargs: Any) -> R: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+
+class KeptMethod(Generic[A0, P, PB, R]):
+    """`Kept` for a function with a first positional parameter (``A0``, then ``P``); binds like a method."""
+
+    @overload
+    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R: ...
+    @overload
+    def __call__(self, *args: Any, session: Session | AsyncSession, **kwargs: Any) -> R: ...
+    @overload
+    def __call__(self, *args: Any, connection: object, **kwargs: Any) -> R: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    # An instance method through an instance; a classmethod (its `cls` is the owner); else unbound
+    # (a method through its class, a staticmethod).
+    @overload
+    def __get__(self, obj: A0, owner: Any, /) -> Kept[P, R]: ...
+    @overload
+    def __get__(self, obj: Any, owner: A0, /) -> Kept[P, R]: ...
+    @overload
+    def __get__(self, obj: Any, owner: Any, /) -> Self: ...
+    def __get__(self, obj: Any, owner: Any, /) -> Any:
+        raise NotImplementedError
+
+
+class _FnFirst(Protocol[A0_contra, P, PB, R_co]):
+    """A function with a first positional parameter, captured without it (``P``) and with it (``PB``)."""
+
+    @overload
+    def __call__(self, a0: A0_contra, /, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+    @overload
+    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
 class _Fn1_S0(Protocol[SS_contra, S1_contra, P, PB, R_co]):

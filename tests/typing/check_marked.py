@@ -1,0 +1,180 @@
+"""Parameters marked ``= injected()``: the decorated function keeps its own signature in every layout.
+
+Checked by tests/test_typing.py with mypy --strict and pyright strict, never run (tests/test_markers.py
+runs the same layouts). Every ``# type: ignore`` marks an error both checkers must report (an unneeded
+one fails either checker).
+"""
+# pyright: reportUnnecessaryTypeIgnoreComment=true
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, Protocol
+
+import click
+import litestar
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+from typing_extensions import assert_type
+
+import uow
+from uow import injected
+
+
+class UserService:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+
+class FakeUsers(UserService):
+    def __init__(self) -> None:
+        pass
+
+
+class RoleService:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+
+class SyncUserService:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+
+async def provide_roles(session: AsyncSession) -> AsyncIterator[RoleService]:
+    yield RoleService(session)
+
+
+class JobShape(Protocol):
+    def __call__(
+        self, ctx: dict[str, object], *, user_id: int, users: UserService = ...
+    ) -> Coroutine[Any, Any, int]: ...
+
+
+# -- a SAQ / arq job: the runner's ctx first, keyword-only services at the end -----------------------------
+
+
+@uow.unit_of_work()
+async def job(ctx: dict[str, object], *, user_id: int, users: UserService = injected()) -> int:
+    return user_id
+
+
+# -- services after positional parameters, anywhere (after 4 of them, between them, in any order) -------
+
+
+@uow.unit_of_work()
+def command(a: int, b: int, c: int, d: int, users: SyncUserService = injected(), *, name: str = "") -> str:
+    return name
+
+
+@uow.unit_of_work()
+async def between(
+    name: str, roles: RoleService = injected(provide_roles), *, admin: bool, users: UserService = injected()
+) -> list[str]:
+    return [name]
+
+
+@uow.unit_of_work()
+def with_session(session: Session = injected(), *, user_id: int) -> int:
+    return user_id
+
+
+@uow.unit_of_work()
+async def keyword_only_only(*, user_id: int, users: UserService = injected()) -> str:
+    return str(user_id)
+
+
+async def functions(session: AsyncSession, sync_session: Session) -> None:
+    assert_type(await job({}, user_id=1), int)
+    assert_type(await job({}, user_id=1, session=session), int)
+    assert_type(await job({}, user_id=1, connection=object()), int)
+    assert_type(await job({}, user_id=1, users=FakeUsers()), int)
+    assert_type(command(1, 2, 3, 4, name="x"), str)
+    assert_type(command(a=1, b=2, c=3, d=4), str)
+    assert_type(command(1, 2, 3, 4, session=sync_session), str)
+    assert_type(await between("x", admin=True), list[str])
+    assert_type(await between(name="x", admin=False, users=FakeUsers()), list[str])
+    assert_type(with_session(user_id=1), int)
+    assert_type(with_session(user_id=1, session=sync_session), int)
+    assert_type(await keyword_only_only(user_id=1), str)
+    assert_type(await keyword_only_only(user_id=1, session=session), str)
+    # Its own signature: assignable to a callable type of that shape, and not to another one.
+    shaped: JobShape = job
+    wrong: Callable[[dict[str, object]], Coroutine[Any, Any, int]] = job  # type: ignore[assignment]
+    del shaped, wrong
+    await job({}, user_id="1")  # type: ignore[call-overload]
+    await job({})  # type: ignore[call-overload]
+    await job({}, user_id=1, retries=3)  # type: ignore[call-overload]
+    await job(user_id=1)  # type: ignore[call-overload]
+    await job({}, user_id=1, users=RoleService(session))  # type: ignore[call-overload]
+    command(1, 2, 3)  # type: ignore[call-overload]
+    command(1, 2, 3, "4")  # type: ignore[call-overload]
+    command(1, 2, 3, 4, nme="x")  # type: ignore[call-overload]
+    await between("x")  # type: ignore[call-overload]
+    await between("x", admin="yes")  # type: ignore[call-overload]
+    await between("x", admin=True, roles=FakeUsers())  # type: ignore[call-overload]
+    with_session(user_id="1")  # type: ignore[call-overload]
+    await keyword_only_only()  # type: ignore[call-overload]
+    await keyword_only_only(user_id=1, extra=2)  # type: ignore[call-overload]
+
+
+# -- methods, classmethods, staticmethods, controllers ---------------------------------------------------
+
+
+class Jobs:
+    @uow.unit_of_work()
+    async def run(self, user_id: int, *, users: UserService = injected()) -> str:
+        return str(user_id)
+
+    @classmethod
+    @uow.unit_of_work()
+    async def for_class(cls, user_id: int, users: UserService = injected()) -> str:
+        return cls.__name__
+
+    @staticmethod
+    @uow.unit_of_work()
+    async def static(user_id: int, *, users: UserService = injected()) -> str:
+        return str(user_id)
+
+
+class TodoController(litestar.Controller):
+    path = "/todos"
+
+    @litestar.get("/{todo_id:int}")
+    @uow.unit_of_work()
+    async def get_todo(self, todo_id: int, users: UserService = injected()) -> dict[str, int]:
+        return {"id": todo_id}
+
+    @uow.unit_of_work()
+    async def helper(self, todo_id: int, *, users: UserService = injected()) -> int:
+        return todo_id
+
+
+@click.command()
+@click.option("--name")
+@uow.unit_of_work()
+def click_command(name: str, *, users: SyncUserService = injected()) -> None:
+    pass
+
+
+async def methods(session: AsyncSession) -> None:
+    jobs = Jobs()
+    assert_type(await jobs.run(5), str)
+    assert_type(await jobs.run(user_id=5, users=FakeUsers()), str)
+    assert_type(await jobs.run(5, session=session), str)
+    assert_type(await Jobs.run(jobs, 5), str)
+    assert_type(await Jobs.for_class(5), str)
+    assert_type(await jobs.for_class(user_id=5), str)
+    assert_type(await Jobs.static(5), str)
+    assert_type(await jobs.static(5, users=FakeUsers()), str)
+    assert_type(click_command, click.Command)
+    await jobs.run("5")  # type: ignore[call-overload]
+    await jobs.run()  # type: ignore[call-overload]
+    await jobs.run(5, extra=1)  # type: ignore[call-overload]
+    await jobs.run(5, users=RoleService(session))  # type: ignore[call-overload]
+    await Jobs.run(5)  # type: ignore[call-overload]
+    await Jobs.for_class("5")  # type: ignore[call-overload]
+    await Jobs.static()  # type: ignore[call-overload]
+    controller = TodoController(owner=litestar.Router("/", route_handlers=[]))
+    assert_type(await controller.helper(3), int)
+    await controller.helper("3")  # type: ignore[call-overload]
