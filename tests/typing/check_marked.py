@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import click
 import litestar
+import saq.types
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from typing_extensions import assert_type
@@ -57,6 +58,30 @@ class JobShape(Protocol):
 @uow.unit_of_work()
 async def job(ctx: dict[str, object], *, user_id: int, users: UserService = injected()) -> int:
     return user_id
+
+
+# Signatures that mention Any (SAQ's Context, arq's ctx, a dict[str, Any] result) stay exact in mypy
+# too: a call without session= matches one overload only, so mypy's rule for Any arguments never
+# has two to choose from (the listed form's overloads make it infer Any there; check_types.py).
+@uow.unit_of_work()
+async def saq_job(ctx: saq.types.Context, *, user_id: int, users: UserService = injected()) -> dict[str, Any]:
+    return {"user_id": user_id}
+
+
+@uow.unit_of_work()
+async def arq_job(ctx: dict[Any, Any], user_id: int, *, users: UserService = injected()) -> int:
+    return user_id
+
+
+async def any_in_signatures(saq_ctx: saq.types.Context, session: AsyncSession) -> None:
+    assert_type(await saq_job(saq_ctx, user_id=1), dict[str, Any])
+    assert_type(await saq_job(saq_ctx, user_id=1, session=session), dict[str, Any])
+    assert_type(await arq_job({}, 1), int)
+    assert_type(await arq_job({}, 1, users=FakeUsers()), int)
+    await saq_job(saq_ctx, user_id="1")  # type: ignore[call-overload]
+    await saq_job({"nope": 1}, user_id=1)  # type: ignore[call-overload]
+    await arq_job({}, "1")  # type: ignore[call-overload]
+    await arq_job({})  # type: ignore[call-overload]
 
 
 # -- services after positional parameters, anywhere (after 4 of them, between them, in any order) -------
@@ -116,6 +141,51 @@ async def functions(session: AsyncSession, sync_session: Session) -> None:
     with_session(user_id="1")  # type: ignore[call-overload]
     await keyword_only_only()  # type: ignore[call-overload]
     await keyword_only_only(user_id=1, extra=2)  # type: ignore[call-overload]
+
+
+# -- more services than the listed form's six ---------------------------------------------------------
+
+
+class A(UserService): ...
+
+
+class B(UserService): ...
+
+
+class C(UserService): ...
+
+
+class D(UserService): ...
+
+
+class E(UserService): ...
+
+
+class F(UserService): ...
+
+
+class G(UserService): ...
+
+
+@uow.unit_of_work()
+async def seven(
+    n: int,
+    *,
+    a: A = injected(),
+    b: B = injected(),
+    c: C = injected(),
+    d: D = injected(),
+    e: E = injected(),
+    f: F = injected(),
+    g: G = injected(),
+) -> int:
+    return n
+
+
+async def many() -> None:
+    assert_type(await seven(1), int)
+    await seven("1")  # type: ignore[call-overload]
+    await seven(1, h=2)  # type: ignore[call-overload]
 
 
 # -- methods, classmethods, staticmethods, controllers ---------------------------------------------------
