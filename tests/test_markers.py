@@ -281,3 +281,65 @@ def test_a_positional_only_marked_parameter_is_refused() -> None:
         @uow.unit_of_work()
         def positional(items: ItemService = injected(), /) -> None:
             pass
+
+
+def test_a_service_passed_positionally_to_a_marked_tail_is_used_as_is(sqlite_db: uow.Database) -> None:
+    # The checkers see the function's own signature, so they accept this call: it works at run time too.
+    uow.configure(sqlite_db)
+    fake = FakeItems()
+    assert command(1, 2, 3, 4, fake, name="a") == 10
+    assert Jobs().for_class("b", fake) == "class"
+    assert Jobs.for_class("c", fake) == "class"
+    assert fake.added == ["a", "b", "c"]
+    assert committed(sqlite_db) == []
+
+
+def test_a_session_passed_positionally_to_a_marked_tail_joins_it(sqlite_db: uow.Database) -> None:
+    uow.configure(sqlite_db)
+
+    @uow.unit_of_work()
+    def add(name: str, session: Session = injected()) -> bool:
+        session.add(Item(name=name))
+        return uow.current_session() is session
+
+    with sqlite_db.session_factory_for(read_only=False)() as session:
+        assert isinstance(session, Session)
+        assert add("a", session) is True
+        assert committed(sqlite_db) == []
+        session.commit()
+    assert committed(sqlite_db) == ["a"]
+    assert add("b") is True
+    assert committed(sqlite_db) == ["a", "b"]
+
+
+async def test_a_service_passed_positionally_to_an_async_marked_tail(async_sqlite_db: uow.Database) -> None:
+    uow.configure(async_sqlite_db)
+
+    class AsyncFake(AsyncItemService):
+        def __init__(self) -> None:
+            self.added: list[str] = []
+
+        async def add(self, name: str) -> Item:
+            self.added.append(name)
+            return Item(name=name)
+
+    @uow.unit_of_work()
+    async def add(name: str, items: AsyncItemService = injected()) -> str:
+        await items.add(name)
+        return name
+
+    assert inspect.iscoroutinefunction(add)
+    fake = AsyncFake()
+    assert await add("a", fake) == "a"
+    assert fake.added == ["a"]
+    assert await add("b") == "b"
+    assert await committed_async(async_sqlite_db) == ["b"]
+
+
+def test_too_many_positional_arguments_or_a_service_twice_are_refused(sqlite_db: uow.Database) -> None:
+    uow.configure(sqlite_db)
+    with pytest.raises(uow.InjectionError, match=r"command\(\) takes at most 5 positional arguments \(6 given\)"):
+        command(1, 2, 3, 4, FakeItems(), "x")
+    with pytest.raises(uow.InjectionError, match="got multiple values for argument 'items'"):
+        command(1, 2, 3, 4, FakeItems(), items=FakeItems())
+    assert committed(sqlite_db) == []

@@ -856,6 +856,9 @@ def wrap(plan: FunctionPlan) -> Callable[..., Any]:
     """A new function with `plan.fn`'s metadata and its visible signature; the original is left untouched."""
     fn = plan.fn
     wrapper = _async_wrapper(plan) if plan.is_async else _sync_wrapper(plan)
+    tail = _marked_tail(plan)
+    if tail is not None:
+        wrapper = _spreading(wrapper, plan, *tail)
     if inspect.isroutine(fn):
         functools.update_wrapper(wrapper, fn)
     else:
@@ -865,6 +868,61 @@ def wrap(plan: FunctionPlan) -> Callable[..., Any]:
     wrapper.__annotations__ = dict(plan.visible_annotations)
     vars(wrapper).update(__signature__=plan.visible_signature, __uow_plan__=plan)
     return wrapper
+
+
+def _marked_tail(plan: FunctionPlan) -> tuple[int, tuple[str, ...]] | None:
+    """The positional parameters marked ``= injected()`` that end the function's positional ones.
+
+    Type checkers see a marked function's own signature, so they accept a fake service passed
+    positionally there (``add("ann", fake)``); returns how many positional parameters the caller
+    sees before them and their names, or None when there are none.
+    """
+    injected_names = plan.target_names | set(plan.session_params)
+    positional = [
+        parameter
+        for parameter in inspect.signature(plan.fn).parameters.values()
+        if parameter.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    tail: list[str] = []
+    for parameter in reversed(positional):
+        if not (isinstance(parameter.default, Injected) and parameter.name in injected_names):
+            break
+        tail.insert(0, parameter.name)
+    if not tail:
+        return None
+    visible = sum(1 for parameter in positional if parameter.name not in injected_names)
+    return visible, tuple(tail)
+
+
+def _spreading(wrapper: Callable[..., Any], plan: FunctionPlan, visible: int, tail: tuple[str, ...]) -> Any:
+    """`wrapper`, taking the values a caller passed positionally to the marked tail as its keywords."""
+    what = plan.what
+
+    def move(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        extra = args[visible:]
+        if len(extra) > len(tail):
+            raise InjectionError(f"{what} takes at most {visible + len(tail)} positional arguments ({len(args)} given)")
+        for name, value in zip(tail, extra, strict=False):  # extra may be shorter than tail
+            if name in kwargs:
+                raise InjectionError(f"{what} got multiple values for argument {name!r}")
+            kwargs[name] = value
+        return args[:visible]
+
+    if plan.is_async:
+
+        async def spreading_async(*args: Any, **kwargs: Any) -> Any:
+            if len(args) > visible:
+                args = move(args, kwargs)
+            return await wrapper(*args, **kwargs)
+
+        return spreading_async
+
+    def spreading(*args: Any, **kwargs: Any) -> Any:
+        if len(args) > visible:
+            args = move(args, kwargs)
+        return wrapper(*args, **kwargs)
+
+    return spreading
 
 
 # The wrappers below take a direct path when `plan.direct` allows it and the call passes none of

@@ -117,6 +117,8 @@ async def functions(session: AsyncSession, sync_session: Session) -> None:
     assert_type(command(1, 2, 3, 4, name="x"), str)
     assert_type(command(a=1, b=2, c=3, d=4), str)
     assert_type(command(1, 2, 3, 4, session=sync_session), str)
+    # A marked tail also takes a fake positionally, as at run time (tests/test_markers.py).
+    assert_type(command(1, 2, 3, 4, SyncUserService(sync_session)), str)
     assert_type(await between("x", admin=True), list[str])
     assert_type(await between(name="x", admin=False, users=FakeUsers()), list[str])
     assert_type(with_session(user_id=1), int)
