@@ -99,6 +99,18 @@ class Jobs:
         return "static"
 
     @uow.unit_of_work()
+    @classmethod
+    def for_class_outer(cls, name: str, *, items: ItemService = injected()) -> str:
+        items.add(name)
+        return cls.label
+
+    @uow.unit_of_work()
+    @staticmethod
+    def static_outer(name: str, items: ItemService = injected()) -> str:
+        items.add(name)
+        return "static"
+
+    @uow.unit_of_work()
     async def run_async(
         self, *, name: str, items: AsyncItemService = injected(), tags: AsyncTagService = injected()
     ) -> str:
@@ -119,6 +131,8 @@ class Jobs:
         (lambda: Jobs.for_class("a"), "class"),
         (lambda: Jobs().for_class("a"), "class"),
         (lambda: Jobs.static("a"), "static"),
+        (lambda: Jobs.for_class_outer("a"), "class"),
+        (lambda: Jobs().static_outer("a"), "static"),
     ],
     ids=[
         "after-four-positional",
@@ -131,6 +145,8 @@ class Jobs:
         "classmethod",
         "classmethod-on-instance",
         "staticmethod",
+        "classmethod-under-unit_of_work",
+        "staticmethod-under-unit_of_work",
     ],
 )
 def test_marked_layouts_commit(sqlite_db: uow.Database, call: Callable[[], object], expected: object) -> None:

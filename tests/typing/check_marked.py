@@ -208,6 +208,16 @@ class Jobs:
     async def static(user_id: int, *, users: UserService = injected()) -> str:
         return str(user_id)
 
+    @uow.unit_of_work()  # above @classmethod / @staticmethod works the same
+    @classmethod
+    async def for_class_outer(cls, user_id: int, *, users: UserService = injected()) -> str:
+        return cls.__name__
+
+    @uow.unit_of_work()
+    @staticmethod
+    async def static_outer(user_id: int, *, users: UserService = injected()) -> str:
+        return str(user_id)
+
 
 class TodoController(litestar.Controller):
     path = "/todos"
@@ -240,6 +250,11 @@ async def methods(session: AsyncSession) -> None:
     assert_type(await Jobs.static(5), str)
     assert_type(await jobs.static(5, users=FakeUsers()), str)
     assert_type(click_command, click.Command)
+    assert_type(await Jobs.for_class_outer(5), str)
+    assert_type(await jobs.for_class_outer(user_id=5), str)
+    assert_type(await Jobs.static_outer(5), str)
+    await Jobs.for_class_outer("5")  # type: ignore[call-overload]
+    await Jobs.static_outer(5, 6)  # type: ignore[call-overload]
     await jobs.run("5")  # type: ignore[call-overload]
     await jobs.run()  # type: ignore[call-overload]
     await jobs.run(5, extra=1)  # type: ignore[call-overload]
