@@ -185,7 +185,8 @@ def with_services(
     The unit commits when the function returns and rolls back when it raises; it joins
     a unit already active for the same database (see `propagation`). Callers may pass
     ``session=`` (join a session they own), ``connection=`` (join a request's unit) or a
-    service under its parameter name (used as is).
+    service under its parameter name (used as is). A parameter marked ``= injected()`` that no
+    listed service takes gets its own (`uow.injected`).
     """
     if not services:
         raise ValueError(NO_SERVICES)
@@ -239,7 +240,8 @@ class UnitOfWork:
     """The bare unit: a decorator, and a context manager (``with`` / ``async with``) yielding the session.
 
     As a decorator it passes the unit's session to a parameter annotated ``Session`` /
-    ``AsyncSession`` (or named ``session`` / ``db_session``), if the function has one.
+    ``AsyncSession`` (or named ``session`` / ``db_session``), if the function has one, and
+    builds the service of each parameter marked ``= injected()`` (`uow.injected`).
     """
 
     __slots__ = ("_spec", "database", "isolation_level", "propagation", "read_only", "retry")
@@ -354,7 +356,11 @@ def unit_of_work(
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
 ) -> UnitOfWork:
-    """A unit of work without services: ``with unit_of_work() as session:``, or ``@unit_of_work()``."""
+    """A unit of work: ``with unit_of_work() as session:``, or ``@unit_of_work()``.
+
+    As a decorator it also fills the parameters marked ``= injected()``: type checkers then see the
+    function's own signature, exact in every layout (README "Typing").
+    """
     return UnitOfWork(
         database=database,
         propagation=propagation,
