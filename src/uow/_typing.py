@@ -1,4 +1,4 @@
-"""What type checkers see of `with_services`: the decorator objects and the decorated functions.
+"""What type checkers see of `with_services` and `unit_of_work`: the decorators and the decorated functions.
 
 Nothing here runs: at run time `with_services` returns a `_ServicesDecorator` and the decorated
 function is a plain function (see `uow._inject.wrap`). These classes only teach mypy and pyright
@@ -21,7 +21,8 @@ parameters have defaults, so its own signature is already what callers may pass.
 returns it as `Kept` (`KeptMethod` when it has a first positional parameter, which binds like a
 method's ``self``), which adds the ``session=`` / ``connection=`` calls. `with_services(...)`
 cannot do the same: an overload cannot tell a marked function from an unmarked one (a default's
-value is not part of a callable's type), and an unmarked one's services must stay optional.
+value is not part of a callable's type), and an unmarked function kept as it is would make its
+callers pass its services.
 
 The overloads go from the most specific layout to the least: the first that matches wins.
 
