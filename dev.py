@@ -77,7 +77,7 @@ def docs(python: str, rest: list[str]) -> int:
 
 
 def lint(python: str) -> int:
-    paths = [p for p in ("src", "examples", "tests", "benchmarks", "dev.py") if (ROOT / p).exists()]
+    paths = [p for p in ("src", "examples", "tests", "benchmarks", "scripts", "dev.py") if (ROOT / p).exists()]
     checks = [
         [python, "-m", "ruff", "check", *paths],
         [python, "-m", "ruff", "format", "--check", *paths],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from uow._database import Database, configure, get_default_database
 from uow._decorators import provide_services, unit_of_work, with_services
+from uow._markers import injected
 from uow._providers import override
 from uow._retry import Retry, is_transient
 from uow._unit import Propagation, current_session, current_session_async, on_commit
@@ -36,6 +37,7 @@ __all__ = [
     "current_session",
     "current_session_async",
     "get_default_database",
+    "injected",
     "is_transient",
     "on_commit",
     "override",

@@ -35,6 +35,9 @@ from uow.errors import ConfigurationError, InjectionError
 
 if TYPE_CHECKING:  # typing only: the decorated functions are plain functions at run time
     from uow._typing import (
+        After1,
+        Kept,
+        KeptMethod,
         _AnyDecorator,
         _Decorator1,
         _Decorator2,
@@ -42,11 +45,13 @@ if TYPE_CHECKING:  # typing only: the decorated functions are plain functions at
         _Decorator4,
         _Decorator5,
         _Decorator6,
+        _FnFirst,
     )
 
 __all__ = ["ServicesContext", "UnitOfWork", "provide_services", "unit_of_work", "with_services"]
 
 P = ParamSpec("P")
+PB = ParamSpec("PB")
 R = TypeVar("R")
 T = TypeVar("T")
 
@@ -180,7 +185,8 @@ def with_services(
     The unit commits when the function returns and rolls back when it raises; it joins
     a unit already active for the same database (see `propagation`). Callers may pass
     ``session=`` (join a session they own), ``connection=`` (join a request's unit) or a
-    service under its parameter name (used as is).
+    service under its parameter name (used as is). A parameter marked ``= injected()`` that no
+    listed service takes gets its own (`uow.injected`).
     """
     if not services:
         raise ValueError(NO_SERVICES)
@@ -234,7 +240,8 @@ class UnitOfWork:
     """The bare unit: a decorator, and a context manager (``with`` / ``async with``) yielding the session.
 
     As a decorator it passes the unit's session to a parameter annotated ``Session`` /
-    ``AsyncSession`` (or named ``session`` / ``db_session``), if the function has one.
+    ``AsyncSession`` (or named ``session`` / ``db_session``), if the function has one, and
+    builds the service of each parameter marked ``= injected()`` (`uow.injected`).
     """
 
     __slots__ = ("_spec", "database", "isolation_level", "propagation", "read_only", "retry")
@@ -261,18 +268,24 @@ class UnitOfWork:
             what="unit_of_work()",
         )
 
+    # The function's type minus a first Session / AsyncSession parameter, plus session= / connection=.
+    # (mypy: a function taking two sessions would match the next overloads too; the first match wins.)
     @overload
-    def __call__(self, fn: Callable[Concatenate[Session, P], R], /) -> Callable[P, R]: ...
+    def __call__(self, fn: Callable[Concatenate[Session, P], R], /) -> Kept[P, R]: ...  # type: ignore[overload-overlap]
     @overload
-    def __call__(self, fn: Callable[Concatenate[AsyncSession, P], R], /) -> Callable[P, R]: ...
+    def __call__(self, fn: Callable[Concatenate[AsyncSession, P], R], /) -> Kept[P, R]: ...  # type: ignore[overload-overlap]
     # The session after `self` / `cls` / a job's `ctx`: that parameter becomes positional-only to checkers.
     @overload
-    def __call__(self, fn: Callable[Concatenate[T, Session, P], R], /) -> Callable[Concatenate[T, P], R]: ...
+    def __call__(self, fn: Callable[Concatenate[T, Session, P], R], /) -> After1[T, P, P, R]: ...  # pyright: ignore[reportOverlappingOverload]
     @overload
-    def __call__(self, fn: Callable[Concatenate[T, AsyncSession, P], R], /) -> Callable[Concatenate[T, P], R]: ...
+    def __call__(self, fn: Callable[Concatenate[T, AsyncSession, P], R], /) -> After1[T, P, P, R]: ...
+    # Any other function keeps its own signature (parameters marked `= injected()` are optional there),
+    # and a caller may pass session= / connection=; a first positional parameter binds like `self`.
     @overload
-    def __call__(self, fn: Callable[P, R], /) -> Callable[P, R]: ...
-    def __call__(self, fn: Callable[..., R], /) -> Callable[..., R]:
+    def __call__(self, fn: _FnFirst[T, P, PB, R], /) -> KeptMethod[T, P, PB, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Kept[P, R]: ...
+    def __call__(self, fn: Callable[..., R], /) -> Any:
         decorated: Callable[..., R] = decorate(
             fn,
             (),
@@ -343,7 +356,11 @@ def unit_of_work(
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
 ) -> UnitOfWork:
-    """A unit of work without services: ``with unit_of_work() as session:``, or ``@unit_of_work()``."""
+    """A unit of work: ``with unit_of_work() as session:``, or ``@unit_of_work()``.
+
+    As a decorator it also fills the parameters marked ``= injected()``: type checkers then see the
+    function's own signature, exact in every layout (README "Typing").
+    """
     return UnitOfWork(
         database=database,
         propagation=propagation,

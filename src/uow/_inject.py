@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session
 from sqlalchemy.orm import Session, scoped_session
 
 from uow._database import Database, get_default_database
+from uow._markers import Injected
 from uow._providers import (
     SESSION_PARAM_NAMES,
     DirectBuilder,
@@ -275,6 +276,7 @@ def plan_function(
     hints = _resolved_hints(fn)
 
     targets = _match(plans, parameters, hints, what)
+    targets += _marked(parameters, hints, targets, is_async=is_async, what=what)
     taken = {name for name, _ in targets}
     session_params = tuple(
         name
@@ -530,6 +532,51 @@ def _match(
         owner[chosen] = plan
         targets.append((chosen, plan))
     return targets
+
+
+def _marked(
+    parameters: typing.Mapping[str, inspect.Parameter],
+    hints: dict[str, Any],
+    targets: list[tuple[str, ServicePlan]],
+    *,
+    is_async: bool,
+    what: str,
+) -> list[tuple[str, ServicePlan]]:
+    """The services of the parameters marked ``= injected()`` that no listed service took."""
+    listed = dict(targets)
+    marked: list[tuple[str, ServicePlan]] = []
+    for name, parameter in parameters.items():
+        marker = parameter.default
+        if not isinstance(marker, Injected):
+            continue
+        annotation = hints.get(name, parameter.annotation)
+        if name in listed:
+            plan = listed[name]
+            if marker.provider is not None and marker.provider is not plan.provider:
+                raise InjectionError(
+                    f"{what}: parameter {name!r} is marked {marker!r}, but the decorator's service {plan.label} "
+                    "fills it: name its service in one place"
+                )
+            continue
+        if marker.provider is None and _wants_session(parameter, annotation):
+            continue  # the unit's session, as for any parameter annotated Session/AsyncSession
+        service = marker.provider if marker.provider is not None else unwrap_annotated(annotation)
+        not_a_class = (
+            annotation is inspect.Parameter.empty or not isinstance(service, type) or service.__module__ == "builtins"
+        )
+        if not callable(service) or (marker.provider is None and not_a_class):
+            shown = (
+                "it has no annotation"
+                if annotation is inspect.Parameter.empty
+                else f"its annotation {annotation!r} is not a service class"
+            )
+            raise InjectionError(
+                f"{what}: parameter {name!r} is marked injected(), but {shown}: "
+                "annotate it with the service class (imported at run time, not only under TYPE_CHECKING), "
+                "or name the provider: injected(provide_service)"
+            )
+        marked.append((name, plan_service(service, for_async=is_async, owner=what)))
+    return marked
 
 
 def _variadic_hint(parameters: typing.Mapping[str, inspect.Parameter]) -> str:
@@ -809,6 +856,9 @@ def wrap(plan: FunctionPlan) -> Callable[..., Any]:
     """A new function with `plan.fn`'s metadata and its visible signature; the original is left untouched."""
     fn = plan.fn
     wrapper = _async_wrapper(plan) if plan.is_async else _sync_wrapper(plan)
+    tail = _marked_tail(plan)
+    if tail is not None:
+        wrapper = _spreading(wrapper, plan, *tail)
     if inspect.isroutine(fn):
         functools.update_wrapper(wrapper, fn)
     else:
@@ -818,6 +868,61 @@ def wrap(plan: FunctionPlan) -> Callable[..., Any]:
     wrapper.__annotations__ = dict(plan.visible_annotations)
     vars(wrapper).update(__signature__=plan.visible_signature, __uow_plan__=plan)
     return wrapper
+
+
+def _marked_tail(plan: FunctionPlan) -> tuple[int, tuple[str, ...]] | None:
+    """The positional parameters marked ``= injected()`` that end the function's positional ones.
+
+    Type checkers see a marked function's own signature, so they accept a fake service passed
+    positionally there (``add("ann", fake)``); returns how many positional parameters the caller
+    sees before them and their names, or None when there are none.
+    """
+    injected_names = plan.target_names | set(plan.session_params)
+    positional = [
+        parameter
+        for parameter in inspect.signature(plan.fn).parameters.values()
+        if parameter.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    tail: list[str] = []
+    for parameter in reversed(positional):
+        if not (isinstance(parameter.default, Injected) and parameter.name in injected_names):
+            break
+        tail.insert(0, parameter.name)
+    if not tail:
+        return None
+    visible = sum(1 for parameter in positional if parameter.name not in injected_names)
+    return visible, tuple(tail)
+
+
+def _spreading(wrapper: Callable[..., Any], plan: FunctionPlan, visible: int, tail: tuple[str, ...]) -> Any:
+    """`wrapper`, taking the values a caller passed positionally to the marked tail as its keywords."""
+    what = plan.what
+
+    def move(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        extra = args[visible:]
+        if len(extra) > len(tail):
+            raise InjectionError(f"{what} takes at most {visible + len(tail)} positional arguments ({len(args)} given)")
+        for name, value in zip(tail, extra, strict=False):  # extra may be shorter than tail
+            if name in kwargs:
+                raise InjectionError(f"{what} got multiple values for argument {name!r}")
+            kwargs[name] = value
+        return args[:visible]
+
+    if plan.is_async:
+
+        async def spreading_async(*args: Any, **kwargs: Any) -> Any:
+            if len(args) > visible:
+                args = move(args, kwargs)
+            return await wrapper(*args, **kwargs)
+
+        return spreading_async
+
+    def spreading(*args: Any, **kwargs: Any) -> Any:
+        if len(args) > visible:
+            args = move(args, kwargs)
+        return wrapper(*args, **kwargs)
+
+    return spreading
 
 
 # The wrappers below take a direct path when `plan.direct` allows it and the call passes none of

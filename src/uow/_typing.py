@@ -1,4 +1,4 @@
-"""What type checkers see of `with_services`: the decorator objects and the decorated functions.
+"""What type checkers see of `with_services` and `unit_of_work`: the decorators and the decorated functions.
 
 Nothing here runs: at run time `with_services` returns a `_ServicesDecorator` and the decorated
 function is a plain function (see `uow._inject.wrap`). These classes only teach mypy and pyright
@@ -16,6 +16,14 @@ one `__call__` overload of `_DecoratorN`:
   parameter typed ``object`` or ``Any`` there would be taken for it, and pyright cannot tell;
 - anything else falls back to ``Callable[..., R]``: calls type-check and the return type is kept.
 
+A function whose injected parameters are marked ``= injected()`` needs none of that: those
+parameters have defaults, so its own signature is already what callers may pass. `unit_of_work`
+returns it as `Kept` (`KeptMethod` when it has a first positional parameter, which binds like a
+method's ``self``), which adds the ``session=`` / ``connection=`` calls. `with_services(...)`
+cannot do the same: an overload cannot tell a marked function from an unmarked one (a default's
+value is not part of a callable's type), and an unmarked function kept as it is would make its
+callers pass its services.
+
 The overloads go from the most specific layout to the least: the first that matches wins.
 
 Each `_FnN_<form>` protocol captures a function twice, with the services removed (``P``) and
@@ -27,6 +35,7 @@ matches a looser overload: its other arguments are not checked (PEP 612 cannot a
 """
 
 # This module follows one regular pattern (N services x K leading parameters); keep it so.
+# It is written by scripts/gen_typing.py: edit that script and run it, not this file.
 # pyright infers the capture protocols' variance from their ParamSpec overloads as covariant where
 # mypy (rightly) wants the parameters contravariant; and it calls the ``connection=`` overload
 # shadowed by the ``session=`` one, which it is not (each needs its own keyword). mypy checks both.
@@ -46,6 +55,8 @@ __all__ = [
     "After2",
     "After3",
     "Bound",
+    "Kept",
+    "KeptMethod",
     "_AnyDecorator",
     "_Decorator1",
     "_Decorator2",
@@ -53,6 +64,7 @@ __all__ = [
     "_Decorator4",
     "_Decorator5",
     "_Decorator6",
+    "_FnFirst",
 ]
 
 P = ParamSpec("P")
@@ -172,6 +184,52 @@ class After3(Generic[A0, A1, A2, P, PB, R]):
     def __get__(self, obj: Any, owner: Any, /) -> Self: ...
     def __get__(self, obj: Any, owner: Any, /) -> Any:
         raise NotImplementedError
+
+
+class Kept(Generic[P, R]):
+    """A function whose injected parameters are marked ``= injected()``: its own signature ``(*P) -> R``."""
+
+    @overload
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+    @overload
+    def __call__(self, *args: Any, session: Session | AsyncSession, **kwargs: Any) -> R: ...
+    @overload
+    def __call__(self, *args: Any, connection: object, **kwargs: Any) -> R: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+
+class KeptMethod(Generic[A0, P, PB, R]):
+    """`Kept` for a function with a first positional parameter (``A0``, then ``P``); binds like a method."""
+
+    @overload
+    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R: ...
+    @overload
+    def __call__(self, *args: Any, session: Session | AsyncSession, **kwargs: Any) -> R: ...
+    @overload
+    def __call__(self, *args: Any, connection: object, **kwargs: Any) -> R: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    # An instance method through an instance; a classmethod (its `cls` is the owner); else unbound
+    # (a method through its class, a staticmethod).
+    @overload
+    def __get__(self, obj: A0, owner: Any, /) -> Kept[P, R]: ...
+    @overload
+    def __get__(self, obj: Any, owner: A0, /) -> Kept[P, R]: ...
+    @overload
+    def __get__(self, obj: Any, owner: Any, /) -> Self: ...
+    def __get__(self, obj: Any, owner: Any, /) -> Any:
+        raise NotImplementedError
+
+
+class _FnFirst(Protocol[A0_contra, P, PB, R_co]):
+    """A function with a first positional parameter, captured without it (``P``) and with it (``PB``)."""
+
+    @overload
+    def __call__(self, a0: A0_contra, /, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+    @overload
+    def __call__(self, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
 class _Fn1_S0(Protocol[SS_contra, S1_contra, P, PB, R_co]):

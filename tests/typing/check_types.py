@@ -347,15 +347,20 @@ class Units:
         return user_id
 
 
-async def units() -> None:
+async def units(session: AsyncSession) -> None:
     assert_type(bare(1, verbose=True), int)
     assert_type(await with_session(1), int)
     assert_type(Units().sync_method(1), int)
     assert_type(await Units().method(user_id=1), int)
-    bare("1")  # type: ignore[arg-type]
-    await with_session()  # type: ignore[call-arg]
-    Units().sync_method("1")  # type: ignore[arg-type]
-    await Units().method()  # type: ignore[call-arg]
+    bare("1")  # type: ignore[call-overload]
+    await with_session()  # type: ignore[call-overload]
+    Units().sync_method("1")  # type: ignore[call-overload]
+    await Units().method()  # type: ignore[call-overload]
+    # Its own signature stays assignable to that callable type, and a caller's session= type-checks.
+    exact: Callable[[int], Coroutine[Any, Any, int]] = with_session
+    assert_type(await exact(1), int)
+    assert_type(bare(1, session=Session()), int)
+    assert_type(await Units().method(user_id=1, session=session), int)
 
 
 # -- provide_services: each element has its service's type --------------------------------------------
