@@ -20,6 +20,7 @@ from uow._database import Database
 from uow._inject import BOTH_SESSION_AND_CONNECTION, NO_SERVICES, decorate, resolve_connection
 from uow._providers import ServicePlan, build_async, build_sync, close_async, close_sync, plan_service
 from uow._retry import Retry
+from uow._timeout import Deadline, begin_deadline, parse_timeout
 from uow._unit import (
     ActiveUnit,
     Propagation,
@@ -73,6 +74,7 @@ def with_services(  # pyright: ignore[reportOverlappingOverload]
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    timeout: float | None = None,
 ) -> _Decorator1[S1]: ...
 
 
@@ -87,6 +89,7 @@ def with_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    timeout: float | None = None,
 ) -> _Decorator2[S1, S2]: ...
 
 
@@ -102,6 +105,7 @@ def with_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    timeout: float | None = None,
 ) -> _Decorator3[S1, S2, S3]: ...
 
 
@@ -118,6 +122,7 @@ def with_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    timeout: float | None = None,
 ) -> _Decorator4[S1, S2, S3, S4]: ...
 
 
@@ -135,6 +140,7 @@ def with_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    timeout: float | None = None,
 ) -> _Decorator5[S1, S2, S3, S4, S5]: ...
 
 
@@ -153,6 +159,7 @@ def with_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    timeout: float | None = None,
 ) -> _Decorator6[S1, S2, S3, S4, S5, S6]: ...
 
 
@@ -164,6 +171,7 @@ def with_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    timeout: float | None = None,
 ) -> _AnyDecorator: ...
 
 
@@ -174,6 +182,7 @@ def with_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    timeout: float | None = None,
 ) -> Any:
     """Decorate a function so it runs in a unit of work with `services` built and passed in as keyword arguments.
 
@@ -191,12 +200,13 @@ def with_services(
         read_only=read_only,
         isolation_level=isolation_level,
         retry=retry,
+        timeout=timeout,
         name="with_services",
     )
 
 
 class _ServicesDecorator:
-    __slots__ = ("database", "isolation_level", "name", "propagation", "read_only", "retry", "services")
+    __slots__ = ("database", "isolation_level", "name", "propagation", "read_only", "retry", "services", "timeout")
 
     def __init__(
         self,
@@ -207,6 +217,7 @@ class _ServicesDecorator:
         read_only: bool,
         isolation_level: str | None,
         retry: Retry | int | None,
+        timeout: float | None,
         name: str,
     ) -> None:
         self.services = tuple(services)
@@ -215,7 +226,9 @@ class _ServicesDecorator:
         self.read_only = read_only
         self.isolation_level = isolation_level
         self.retry = retry
+        self.timeout = timeout
         self.name = name
+        parse_timeout(timeout, what=f"@{name}(...)")  # refused here already, before a function is decorated
 
     def __call__(self, fn: Any, /) -> Any:
         return decorate(
@@ -227,6 +240,7 @@ class _ServicesDecorator:
             isolation_level=self.isolation_level,
             retry=self.retry,
             decorator=self.name,
+            timeout=self.timeout,
         )
 
 
@@ -237,7 +251,7 @@ class UnitOfWork:
     ``AsyncSession`` (or named ``session`` / ``db_session``), if the function has one.
     """
 
-    __slots__ = ("_spec", "database", "isolation_level", "propagation", "read_only", "retry")
+    __slots__ = ("_spec", "database", "isolation_level", "propagation", "read_only", "retry", "timeout")
 
     def __init__(
         self,
@@ -247,18 +261,21 @@ class UnitOfWork:
         read_only: bool,
         isolation_level: str | None,
         retry: Retry | int | None,
+        timeout: float | None = None,
     ) -> None:
         self.database = database
         self.propagation = propagation
         self.read_only = read_only
         self.isolation_level = isolation_level
         self.retry = retry
+        self.timeout = timeout
         self._spec = UnitSpec(
             database=database,
             propagation=propagation,
             read_only=read_only,
             isolation_level=isolation_level,
             what="unit_of_work()",
+            timeout=parse_timeout(timeout, what="unit_of_work()"),
         )
 
     @overload
@@ -282,6 +299,7 @@ class UnitOfWork:
             isolation_level=self.isolation_level,
             retry=self.retry,
             decorator="unit_of_work",
+            timeout=self.timeout,
         )
         return decorated
 
@@ -294,44 +312,55 @@ class UnitOfWork:
 
     def __enter__(self) -> Any:
         self._refuse_retry()
-        unit, session = enter_sync(self._spec)
-        _push_entered(self, unit)
+        spec = self._spec
+        unit, session = enter_sync(spec)
+        deadline = begin_deadline(spec, unit, session, is_async=False) if spec.timeout is not None else None
+        _push_entered(self, unit, deadline)
         return session
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        exit_sync(_pop_entered(self), exc)
+        unit, deadline = _pop_entered(self)
+        ending = exc if deadline is None else deadline.leave(exc)
+        exit_sync(unit, ending)
+        if ending is not None and ending is not exc:
+            raise ending from exc
 
     async def __aenter__(self) -> Any:
         self._refuse_retry()
-        unit, session = await enter_async(self._spec)
-        _push_entered(self, unit)
+        spec = self._spec
+        unit, session = await enter_async(spec)
+        deadline = begin_deadline(spec, unit, session, is_async=True) if spec.timeout is not None else None
+        _push_entered(self, unit, deadline)
         return session
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await exit_async(_pop_entered(self), exc)
+        unit, deadline = _pop_entered(self)
+        ending = exc if deadline is None else deadline.leave(exc)
+        await exit_async(unit, ending)
+        if ending is not None and ending is not exc:
+            raise ending from exc
 
 
 # The units entered through `with`/`async with`, per context: one UnitOfWork object (made once at
 # module level, say) may be entered by many tasks or threads at the same time.
-_entered: contextvars.ContextVar[tuple[tuple[UnitOfWork, ActiveUnit], ...]] = contextvars.ContextVar(
-    "uow_entered_units", default=()
-)
+_Entered = tuple[UnitOfWork, ActiveUnit, Union[Deadline, None]]
+_entered: contextvars.ContextVar[tuple[_Entered, ...]] = contextvars.ContextVar("uow_entered_units", default=())
 
 
-def _push_entered(owner: UnitOfWork, unit: ActiveUnit) -> None:
-    _entered.set((*_entered.get(), (owner, unit)))
+def _push_entered(owner: UnitOfWork, unit: ActiveUnit, deadline: Deadline | None) -> None:
+    _entered.set((*_entered.get(), (owner, unit, deadline)))
 
 
-def _pop_entered(owner: UnitOfWork) -> ActiveUnit:
+def _pop_entered(owner: UnitOfWork) -> tuple[ActiveUnit, Deadline | None]:
     stack = _entered.get()
     for index in range(len(stack) - 1, -1, -1):
         if stack[index][0] is owner:
             _entered.set(stack[:index] + stack[index + 1 :])
-            return stack[index][1]
+            return stack[index][1], stack[index][2]
     raise RuntimeError("unit_of_work(): __exit__ without a matching __enter__ in this task or thread")
 
 
@@ -342,6 +371,7 @@ def unit_of_work(
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    timeout: float | None = None,
 ) -> UnitOfWork:
     """A unit of work without services: ``with unit_of_work() as session:``, or ``@unit_of_work()``."""
     return UnitOfWork(
@@ -350,6 +380,7 @@ def unit_of_work(
         read_only=read_only,
         isolation_level=isolation_level,
         retry=retry,
+        timeout=timeout,
     )
 
 
@@ -361,7 +392,7 @@ def _plans_for(services: tuple[Any, ...]) -> tuple[ServicePlan, ...]:
 class ServicesContext(Generic[T]):
     """What `provide_services` returns: use it with ``with`` (sync Database) or ``async with`` (async Database)."""
 
-    __slots__ = ("_closers", "_connection", "_plans", "_session", "_spec", "_unit")
+    __slots__ = ("_closers", "_connection", "_deadline", "_plans", "_session", "_spec", "_unit")
 
     def __init__(
         self,
@@ -373,6 +404,7 @@ class ServicesContext(Generic[T]):
         propagation: PropagationArg,
         read_only: bool,
         isolation_level: str | None,
+        timeout: float | None = None,
     ) -> None:
         if session is not None and connection is not None:
             raise ValueError(BOTH_SESSION_AND_CONNECTION)
@@ -389,9 +421,11 @@ class ServicesContext(Generic[T]):
             propagation=propagation,
             read_only=read_only,
             isolation_level=isolation_level,
-            what="provide_services(" + ", ".join(p.label for p in self._plans) + ")",
+            what=(what := "provide_services(" + ", ".join(p.label for p in self._plans) + ")"),
+            timeout=parse_timeout(timeout, what=what),
         )
         self._unit: ActiveUnit | None = None
+        self._deadline: Deadline | None = None
         self._closers: list[Any] = []
 
     def _request_tx(self) -> Any:
@@ -407,12 +441,20 @@ class ServicesContext(Generic[T]):
                 )
         unit, session = enter_sync(self._spec, session=self._session, request_tx=self._request_tx())
         self._unit = unit
+        if self._spec.timeout is not None:
+            self._deadline = begin_deadline(self._spec, unit, session, is_async=False)
         try:
             services = build_sync(self._plans, session, {}, self._closers)
         except BaseException as exc:
+            self._leave(exc)
             self._fail_sync(exc)
             raise
         return tuple(services)  # type: ignore[return-value]
+
+    def _leave(self, exc: BaseException | None) -> BaseException | None:
+        """Disarm the deadline, if any: `exc`, or the `UnitTimeoutError` the block ends with instead."""
+        deadline, self._deadline = self._deadline, None
+        return exc if deadline is None else deadline.leave(exc)
 
     def _fail_sync(self, exc: BaseException) -> None:
         unit, self._unit = self._unit, None
@@ -430,8 +472,11 @@ class ServicesContext(Generic[T]):
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc is not None:
-            self._fail_sync(exc)
+        ending = self._leave(exc)
+        if ending is not None:
+            self._fail_sync(ending)
+            if ending is not exc:
+                raise ending from exc
             return
         unit, self._unit = self._unit, None
         assert unit is not None
@@ -445,9 +490,12 @@ class ServicesContext(Generic[T]):
     async def __aenter__(self) -> T:
         unit, session = await enter_async(self._spec, session=self._session, request_tx=self._request_tx())
         self._unit = unit
+        if self._spec.timeout is not None:
+            self._deadline = begin_deadline(self._spec, unit, session, is_async=True)
         try:
             services = await build_async(self._plans, session, {}, self._closers)
         except BaseException as exc:
+            self._leave(exc)
             await self._fail_async(exc)
             raise
         return tuple(services)  # type: ignore[return-value]
@@ -468,8 +516,11 @@ class ServicesContext(Generic[T]):
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc is not None:
-            await self._fail_async(exc)
+        ending = self._leave(exc)
+        if ending is not None:
+            await self._fail_async(ending)
+            if ending is not exc:
+                raise ending from exc
             return
         unit, self._unit = self._unit, None
         assert unit is not None
@@ -492,6 +543,7 @@ def provide_services(
     propagation: PropagationArg = "required",
     read_only: bool = False,
     isolation_level: str | None = None,
+    timeout: float | None = None,
 ) -> ServicesContext[tuple[S1]]: ...
 
 
@@ -507,6 +559,7 @@ def provide_services(
     propagation: PropagationArg = "required",
     read_only: bool = False,
     isolation_level: str | None = None,
+    timeout: float | None = None,
 ) -> ServicesContext[tuple[S1, S2]]: ...
 
 
@@ -523,6 +576,7 @@ def provide_services(
     propagation: PropagationArg = "required",
     read_only: bool = False,
     isolation_level: str | None = None,
+    timeout: float | None = None,
 ) -> ServicesContext[tuple[S1, S2, S3]]: ...
 
 
@@ -540,6 +594,7 @@ def provide_services(
     propagation: PropagationArg = "required",
     read_only: bool = False,
     isolation_level: str | None = None,
+    timeout: float | None = None,
 ) -> ServicesContext[tuple[S1, S2, S3, S4]]: ...
 
 
@@ -558,6 +613,7 @@ def provide_services(
     propagation: PropagationArg = "required",
     read_only: bool = False,
     isolation_level: str | None = None,
+    timeout: float | None = None,
 ) -> ServicesContext[tuple[S1, S2, S3, S4, S5]]: ...
 
 
@@ -577,6 +633,7 @@ def provide_services(
     propagation: PropagationArg = "required",
     read_only: bool = False,
     isolation_level: str | None = None,
+    timeout: float | None = None,
 ) -> ServicesContext[tuple[S1, S2, S3, S4, S5, S6]]: ...
 
 
@@ -589,6 +646,7 @@ def provide_services(
     propagation: PropagationArg = "required",
     read_only: bool = False,
     isolation_level: str | None = None,
+    timeout: float | None = None,
 ) -> ServicesContext[tuple[Any, ...]]: ...
 
 
@@ -600,6 +658,7 @@ def provide_services(
     propagation: PropagationArg = "required",
     read_only: bool = False,
     isolation_level: str | None = None,
+    timeout: float | None = None,
 ) -> ServicesContext[Any]:
     """A unit with `services` built in it: ``with provide_services(A, B) as (a, b):`` (or ``async with``).
 
@@ -615,4 +674,5 @@ def provide_services(
         propagation=propagation,
         read_only=read_only,
         isolation_level=isolation_level,
+        timeout=timeout,
     )

@@ -49,6 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, A
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from uow._database import Database, forget_savepoint_end, get_default_database, savepoint_end, track_savepoint_ends
+from uow._timeout import Deadline, watch_session
 from uow.errors import (
     ConfigurationError,
     NoActiveUnitOfWork,
@@ -131,6 +132,7 @@ class Transaction:
         "abandoned",
         "busy",
         "database",
+        "deadline",
         "finished",
         "hooks",
         "inside",
@@ -173,6 +175,7 @@ class Transaction:
         self.busy: object = None
         # Ended while a joined unit was in a statement on the session: the last of those to leave closes it.
         self.abandoned = False
+        self.deadline: Deadline | None = None  # the owning unit's timeout= (see uow._timeout)
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -186,6 +189,8 @@ class Transaction:
             assert isinstance(session, Session)
             session.info[OPENED_BY_KEY] = self.what
             session.info[_TX_KEY] = self
+            if self.deadline is not None:
+                watch_session(session, self.deadline)
             try:
                 _apply_begin_options_sync(session, self.read_only, self.isolation_level)
             except BaseException:
@@ -205,6 +210,8 @@ class Transaction:
             assert isinstance(session, AsyncSession)
             session.info[OPENED_BY_KEY] = self.what
             session.info[_TX_KEY] = self
+            if self.deadline is not None:
+                watch_session(session, self.deadline)
             if self.read_only or self.isolation_level is not None:
                 # Applying options checks a connection out: a cancellation midway must not strand it.
                 _, cancellation = await _to_completion(
@@ -646,7 +653,7 @@ class Kind(enum.Enum):
 class UnitSpec:
     """What a unit asks for, fixed when it is declared (decoration time)."""
 
-    __slots__ = ("database", "isolation_level", "propagation", "read_only", "required", "what")
+    __slots__ = ("database", "isolation_level", "propagation", "read_only", "required", "timeout", "what")
 
     def __init__(
         self,
@@ -656,6 +663,7 @@ class UnitSpec:
         read_only: bool,
         isolation_level: str | None,
         what: str,
+        timeout: float | None = None,
     ) -> None:
         if database is not None and not isinstance(database, Database):
             raise ConfigurationError(f"{what}: database= needs a uow.Database, got {type(database).__name__}")
@@ -665,6 +673,7 @@ class UnitSpec:
         self.required = self.propagation is Propagation.REQUIRED
         self.read_only = bool(read_only)
         self.isolation_level = isolation_level
+        self.timeout = timeout  # seconds, checked by `parse_timeout` before it gets here
         self.what = what
 
 
@@ -864,6 +873,8 @@ def enter_sync(
             raise
     if kind is Kind.BEGIN:
         tx = Transaction(database, read_only=spec.read_only, isolation_level=spec.isolation_level, what=spec.what)
+        if spec.timeout is not None:
+            tx.deadline = Deadline(spec.what, spec.timeout, owner=True)
         opened = tx.open_sync()
         token = _current.set(Frame(database, tx, tx.root, _current.get()))
         return ActiveUnit(kind, tx, tx.root, token), opened
@@ -919,6 +930,8 @@ async def enter_async(
             raise
     if kind is Kind.BEGIN:
         tx = Transaction(database, read_only=spec.read_only, isolation_level=spec.isolation_level, what=spec.what)
+        if spec.timeout is not None:
+            tx.deadline = Deadline(spec.what, spec.timeout, owner=True)
         opened = await tx.open_async()
         token = _current.set(Frame(database, tx, tx.root, _current.get()))
         return ActiveUnit(kind, tx, tx.root, token), opened
