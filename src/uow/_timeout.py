@@ -39,6 +39,7 @@ __all__ = ["Deadline", "begin_deadline", "parse_timeout", "start_deadline", "wat
 
 _DEADLINE_KEY = "uow_deadline"  # session.info: the deadline in force on that session, or absent
 _WATCHED_KEY = "uow_deadline_watched"  # session.info: the connections whose statements are checked
+_CANCEL_GRACE = 0.1  # seconds an interrupted async statement has to fail before its task is cancelled
 _STATEMENTS = ("SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "REPLACE")
 
 
@@ -129,9 +130,23 @@ class Deadline:
             if self.done:
                 return
             self.expired = True
+            interrupted = False
             for connection in list(self.info.get(_WATCHED_KEY, ())) if self.info is not None else ():
-                _interrupt(connection)
-            if self._task is not None:
+                interrupted = _interrupt(connection) or interrupted
+            if self._task is None:
+                return
+            if not interrupted:
+                self._task.cancel()
+                return
+        # A statement that was running fails now, in its own way, and the unit leaves with that error.
+        # Cancelling the task as well would abandon aiosqlite's worker thread in the statement, holding
+        # the file's lock: the task is cancelled only if it is still inside the unit a moment later
+        # (it was awaiting something else).
+        asyncio.get_running_loop().call_later(_CANCEL_GRACE, self._cancel_late)
+
+    def _cancel_late(self) -> None:
+        with self._lock:
+            if not self.done and self._task is not None:
                 self._task.cancel()
 
     def leave(self, exc: BaseException | None) -> BaseException | None:
@@ -139,13 +154,15 @@ class Deadline:
 
         Called when the body is over and before the owner commits: a COMMIT is never interrupted.
         """
+        if self.info is None:
+            return exc  # a joiner's deadline that the one in force already covers
         with self._lock:
             self.done = True
         if self._timer is not None:
             self._timer.cancel()
         if self._handle is not None:
             self._handle.cancel()
-        if self.info is not None and not self.owner:
+        if not self.owner:
             # A joiner hands the session back to the deadline that was in force before it.
             if self.previous is None:
                 self.info.pop(_DEADLINE_KEY, None)
@@ -173,34 +190,41 @@ def _caused(error: UnitTimeoutError, cause: BaseException) -> UnitTimeoutError:
     return error
 
 
-def _interrupt(connection: Connection) -> None:
-    """Stop what `connection` runs now, from another thread, where its driver allows it."""
+def _interrupt(connection: Connection) -> bool:
+    """Stop what `connection` runs now, from another thread, where its driver allows it: whether it could."""
     try:
         driver_connection: Any = connection.connection.driver_connection
         module = type(driver_connection).__module__
         if module.startswith("sqlite3"):
             driver_connection.interrupt()
-        elif module.startswith("aiosqlite"):
+            return True
+        if module.startswith("aiosqlite"):
             # aiosqlite's own interrupt() is a coroutine around this call: it must happen now, in this
             # callback, not in a task that could run once the connection serves another unit.
-            driver_connection._conn.interrupt()  # noqa: SLF001
-        elif module.startswith("psycopg") and not module.startswith("psycopg2"):
+            driver_connection._conn.interrupt()
+            return True
+        if module.startswith("psycopg") and not module.startswith("psycopg2"):
             driver_connection.cancel()
+            return True
     except Exception:  # the connection may be closing: the checks before each statement still hold
-        return
+        return False
+    return False
 
 
 # -- the session and its connections -------------------------------------------------------
 
 
 def start_deadline(seconds: float, what: str, session: Session | AsyncSession, *, is_async: bool) -> Deadline:
-    """Give a joining (or caller-owned) session the earlier of its deadline and `seconds` from now."""
-    info = session.info
-    previous: Deadline | None = info.get(_DEADLINE_KEY)
+    """Give a joining (or caller-owned) session the earlier of its deadline and `seconds` from now.
+
+    A joiner whose deadline is not the earlier one changes nothing: the deadline in force stays, and
+    so do its alarm and the unit it names (`leave` then hands back what the joiner raised, as is).
+    """
+    previous: Deadline | None = session.info.get(_DEADLINE_KEY)
     deadline = Deadline(what, seconds, owner=False)
     if previous is not None and previous.at <= deadline.at:
-        deadline.at, deadline.seconds, deadline.what = previous.at, previous.seconds, previous.what
-        deadline.started = previous.started
+        deadline.done = True
+        return deadline
     deadline.previous = previous
     watch_session(session, deadline)
     deadline.arm(is_async)
