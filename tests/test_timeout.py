@@ -323,6 +323,29 @@ def test_a_unit_waiting_for_a_row_lock_is_stopped_at_its_deadline(
         other.dispose()
 
 
+def test_under_the_rollback_fixture_a_timeout_leaves_no_limit_on_the_tests_transaction(db: uow.Database) -> None:
+    from uow.testing import bound_to_transaction
+
+    dialect = dialect_of(db)
+    with bound_to_transaction(db):
+
+        @uow.with_services(ItemService, database=db, timeout=TIMEOUT)
+        def quick(items: ItemService) -> None:
+            items.add("a")
+
+        quick()
+        time.sleep(TIMEOUT + 0.2)  # past the unit's deadline, still in the test's outer transaction
+        assert names(db) == ["a"]  # the connection was not ended for idling, nor is a statement limited
+        if dialect in LIMITS:
+
+            @uow.unit_of_work(database=db)
+            def limits(session: Session) -> str:
+                return str(session.execute(text(LIMITS[dialect])).scalar())
+
+            assert limits() == NO_LIMITS[dialect]
+    assert names(db) == []
+
+
 def test_a_unit_without_a_timeout_watches_nothing(db: uow.Database) -> None:
     @uow.with_services(ItemService, database=db)
     def work(items: ItemService) -> list[str]:

@@ -239,8 +239,9 @@ def watch_session(session: Session | AsyncSession, deadline: Deadline) -> None:
     deadline.info = info
     if _WATCHED_KEY in info:
         return
-    info[_WATCHED_KEY] = set()
+    info[_WATCHED_KEY] = {}
     event.listen(sync_session, "after_begin", _on_begin)
+    event.listen(sync_session, "after_transaction_end", _on_end)
     if sync_session.in_transaction():
         # Joined after the transaction began: its connection is there already (no I/O to get it).
         _watch_connection(sync_session.connection(), info)
@@ -252,15 +253,28 @@ def _on_begin(session: Session, transaction: SessionTransaction, connection: Con
     info = session.info
     _watch_connection(connection, info)
     deadline: Deadline | None = info.get(_DEADLINE_KEY)
-    if deadline is not None and deadline.owner:
+    # Not on a caller's connection (uow.testing binds units to the test's): SET LOCAL would outlive the unit.
+    if deadline is not None and deadline.owner and not isinstance(session.bind, Connection):
         _limit_transaction(connection, deadline)
 
 
+def _on_end(session: Session, transaction: SessionTransaction) -> None:
+    # The session's transaction is over (committed, rolled back, closed): a connection that outlives it
+    # (a caller's, the test plugin's) must not go on checking statements against this deadline.
+    if transaction.parent is None:
+        info = session.info
+        info.pop(_DEADLINE_KEY, None)
+        watched: dict[Connection, Any] = info[_WATCHED_KEY]
+        for connection, listener in list(watched.items()):
+            if event.contains(connection, "before_cursor_execute", listener):
+                event.remove(connection, "before_cursor_execute", listener)
+        watched.clear()
+
+
 def _watch_connection(connection: Connection, info: dict[Any, Any]) -> None:
-    watched: set[Connection] = info[_WATCHED_KEY]
+    watched: dict[Connection, Any] = info[_WATCHED_KEY]
     if connection in watched:
         return
-    watched.add(connection)
     dialect = connection.dialect
     if dialect.name in ("mysql", "mariadb"):
         limit = _mariadb_limit if getattr(dialect, "is_mariadb", False) else _mysql_limit
@@ -279,6 +293,7 @@ def _watch_connection(connection: Connection, info: dict[Any, Any]) -> None:
         return limit(statement, remaining), parameters
 
     event.listen(connection, "before_cursor_execute", before_statement, retval=True)
+    watched[connection] = before_statement
 
 
 def _no_limit(statement: str, remaining: float) -> str:
