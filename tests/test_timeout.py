@@ -27,8 +27,8 @@ from tests.drivers import ONE_CONNECTION, Target
 from tests.models import AsyncItemService, Item, ItemService
 from uow._timeout import _mysql_limit
 
-SYNC = ["sqlite", "postgresql+psycopg", "mysql+pymysql"]
-ASYNC = ["sqlite+aiosqlite", "postgresql+asyncpg", "mysql+aiomysql"]
+SYNC = ["sqlite", "postgresql+psycopg", "postgresql+psycopg2", "mysql+pymysql"]
+ASYNC = ["sqlite+aiosqlite", "postgresql+asyncpg", "postgresql+psycopg_async", "mysql+aiomysql", "mysql+asyncmy"]
 
 # Each takes seconds: 3 s on the servers, about as long for SQLite's recursive count.
 SLOW = {

@@ -203,7 +203,7 @@ def _interrupt(connection: Connection) -> bool:
             # callback, not in a task that could run once the connection serves another unit.
             driver_connection._conn.interrupt()
             return True
-        if module.startswith("psycopg") and not module.startswith("psycopg2"):
+        if module.startswith("psycopg"):  # psycopg 3 and psycopg2: cancel() is safe from another thread
             driver_connection.cancel()
             return True
     except Exception:  # the connection may be closing: the checks before each statement still hold
