@@ -21,7 +21,10 @@ deadline already running, and it is the session's only while the joiner runs.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import math
+import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -35,7 +38,15 @@ from uow.errors import ConfigurationError, UnitTimeoutError
 if TYPE_CHECKING:
     from uow._unit import ActiveUnit, UnitSpec
 
-__all__ = ["Deadline", "begin_deadline", "parse_timeout", "start_deadline", "watch_session"]
+__all__ = [
+    "Deadline",
+    "begin_deadline",
+    "parse_timeout",
+    "start_deadline",
+    "watch_owner_async",
+    "watch_owner_sync",
+    "watch_session",
+]
 
 _DEADLINE_KEY = "uow_deadline"  # session.info: the deadline in force on that session, or absent
 _WATCHED_KEY = "uow_deadline_watched"  # session.info: the connections whose statements are checked
@@ -67,7 +78,6 @@ class Deadline:
         "_handle",
         "_lock",
         "_task",
-        "_timer",
         "at",
         "done",
         "expired",
@@ -90,7 +100,6 @@ class Deadline:
         self.expired = False  # the alarm went off
         self.done = False
         self._lock = threading.Lock()
-        self._timer: threading.Timer | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[Any] | None = None
 
@@ -120,10 +129,7 @@ class Deadline:
             self._task = asyncio.current_task()
             self._handle = loop.call_later(delay, self._ring)
             return
-        timer = threading.Timer(delay, self._ring)
-        timer.daemon = True
-        self._timer = timer
-        timer.start()
+        _alarms.schedule(self)
 
     def _ring(self) -> None:
         with self._lock:  # `leave` takes it too: nothing is interrupted once the unit left its body
@@ -158,8 +164,6 @@ class Deadline:
             return exc  # a joiner's deadline that the one in force already covers
         with self._lock:
             self.done = True
-        if self._timer is not None:
-            self._timer.cancel()
         if self._handle is not None:
             self._handle.cancel()
         if not self.owner:
@@ -183,6 +187,50 @@ class Deadline:
                 # the timeout is the cause the caller should see; the driver's error is chained.
                 return _caused(self.error(), exc)
         return exc
+
+
+class _Alarms:
+    """One thread that rings the deadlines of sync units when they are due.
+
+    A thread per unit (`threading.Timer`) would cost more than the unit itself; a ring that comes for
+    a unit that has left since does nothing (`Deadline._ring` checks under the deadline's lock), so a
+    deadline is never taken off the heap, only skipped when its time comes.
+    """
+
+    def __init__(self) -> None:
+        self._due: list[tuple[float, int, Deadline]] = []
+        self._order = itertools.count()
+        self._wake = threading.Condition(threading.Lock())
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, deadline: Deadline) -> None:
+        with self._wake:
+            heapq.heappush(self._due, (deadline.at, next(self._order), deadline))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="uow-deadlines", daemon=True)
+                self._thread.start()
+            elif self._due[0][2] is deadline:
+                self._wake.notify()  # due before everything the thread is waiting for
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._due or self._due[0][0] > time.monotonic():
+                    self._wake.wait(self._due[0][0] - time.monotonic() if self._due else None)
+                deadline = heapq.heappop(self._due)[2]
+            if not deadline.done:
+                deadline._ring()
+
+    def forget_thread(self) -> None:
+        """In a forked child: the parent's thread is not there; the next schedule starts one."""
+        self._wake = threading.Condition(threading.Lock())
+        self._thread = None
+        self._due.clear()
+
+
+_alarms = _Alarms()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_alarms.forget_thread)
 
 
 def _caused(error: UnitTimeoutError, cause: BaseException) -> UnitTimeoutError:
@@ -232,35 +280,51 @@ def start_deadline(seconds: float, what: str, session: Session | AsyncSession, *
 
 
 def watch_session(session: Session | AsyncSession, deadline: Deadline) -> None:
-    """Make `deadline` the session's, and watch the statements of its connections (once per session)."""
+    """Make a joiner's `deadline` the session's, and watch the statements of its connection."""
     sync_session = session.sync_session if isinstance(session, AsyncSession) else session
-    info = sync_session.info
-    info[_DEADLINE_KEY] = deadline
-    deadline.info = info
-    if _WATCHED_KEY in info:
-        return
-    info[_WATCHED_KEY] = {}
-    event.listen(sync_session, "after_begin", _on_begin)
-    event.listen(sync_session, "after_transaction_end", _on_end)
+    info = _adopt(sync_session, deadline)
     if sync_session.in_transaction():
         # Joined after the transaction began: its connection is there already (no I/O to get it).
         _watch_connection(sync_session.connection(), info)
+    elif not info[_WATCHED_KEY]:
+        event.listen(sync_session, "after_begin", _on_begin)  # a request's unit that has run nothing yet
+
+
+def watch_owner_sync(session: Session, deadline: Deadline) -> None:
+    """The owning unit's new session: begin now, watch its connection, set the database's own limits."""
+    connection = session.connection()
+    _watch_connection(connection, _adopt(session, deadline))
+    for statement in _transaction_limits(connection, session, deadline):
+        connection.exec_driver_sql(statement)
+
+
+async def watch_owner_async(session: AsyncSession, deadline: Deadline) -> None:
+    """`watch_owner_sync` for an AsyncSession."""
+    connection = await session.connection()
+    _watch_connection(connection.sync_connection, _adopt(session.sync_session, deadline))  # type: ignore[arg-type]
+    for statement in _transaction_limits(connection.sync_connection, session.sync_session, deadline):  # type: ignore[arg-type]
+        await connection.exec_driver_sql(statement)
+
+
+def _adopt(session: Session, deadline: Deadline) -> dict[Any, Any]:
+    info = session.info
+    info[_DEADLINE_KEY] = deadline
+    deadline.info = info
+    if _WATCHED_KEY not in info:
+        info[_WATCHED_KEY] = {}
+        if isinstance(session.bind, Connection):
+            # A caller's connection (uow.testing binds units to the test's) outlives the session: when the
+            # session's transaction ends, its statements must no longer be checked against this deadline.
+            event.listen(session, "after_transaction_end", _on_end)
+    return info
 
 
 def _on_begin(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
-    if transaction.nested:
-        return
-    info = session.info
-    _watch_connection(connection, info)
-    deadline: Deadline | None = info.get(_DEADLINE_KEY)
-    # Not on a caller's connection (uow.testing binds units to the test's): SET LOCAL would outlive the unit.
-    if deadline is not None and deadline.owner and not isinstance(session.bind, Connection):
-        _limit_transaction(connection, deadline)
+    if not transaction.nested:
+        _watch_connection(connection, session.info)
 
 
 def _on_end(session: Session, transaction: SessionTransaction) -> None:
-    # The session's transaction is over (committed, rolled back, closed): a connection that outlives it
-    # (a caller's, the test plugin's) must not go on checking statements against this deadline.
     if transaction.parent is None:
         info = session.info
         info.pop(_DEADLINE_KEY, None)
@@ -319,16 +383,18 @@ def _mysql_limit(statement: str, remaining: float) -> str:
     return f"SELECT /*+ MAX_EXECUTION_TIME({max(math.ceil(remaining * 1000), 1)}) */{stripped[6:]}"
 
 
-def _limit_transaction(connection: Connection, deadline: Deadline) -> None:
-    """The database-side limits of the owning unit, when its transaction begins."""
-    if connection.dialect.name != "postgresql":
-        return
+def _transaction_limits(connection: Connection, session: Session, deadline: Deadline) -> list[str]:
+    """The statements that make the database itself hold the owning unit to its deadline."""
     remaining = deadline.remaining()
     if remaining <= 0:
         raise deadline.error()
+    if connection.dialect.name != "postgresql" or isinstance(session.bind, Connection):
+        return []  # on a caller's connection, SET LOCAL would outlive the unit in the caller's transaction
     milliseconds = max(math.ceil(remaining * 1000), 1)  # 0 would switch the limit off
-    connection.exec_driver_sql(f"SET LOCAL statement_timeout = {milliseconds}")
-    connection.exec_driver_sql(f"SET LOCAL idle_in_transaction_session_timeout = {milliseconds}")
+    return [
+        f"SET LOCAL statement_timeout = {milliseconds}",
+        f"SET LOCAL idle_in_transaction_session_timeout = {milliseconds}",
+    ]
 
 
 def begin_deadline(spec: UnitSpec, unit: ActiveUnit, session: Session | AsyncSession, *, is_async: bool) -> Deadline:

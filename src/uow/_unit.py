@@ -49,7 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, A
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from uow._database import Database, forget_savepoint_end, get_default_database, savepoint_end, track_savepoint_ends
-from uow._timeout import Deadline, watch_session
+from uow._timeout import Deadline, watch_owner_async, watch_owner_sync
 from uow.errors import (
     ConfigurationError,
     NoActiveUnitOfWork,
@@ -189,10 +189,10 @@ class Transaction:
             assert isinstance(session, Session)
             session.info[OPENED_BY_KEY] = self.what
             session.info[_TX_KEY] = self
-            if self.deadline is not None:
-                watch_session(session, self.deadline)
             try:
                 _apply_begin_options_sync(session, self.read_only, self.isolation_level)
+                if self.deadline is not None:
+                    watch_owner_sync(session, self.deadline)
             except BaseException:
                 session.close()
                 raise
@@ -210,12 +210,10 @@ class Transaction:
             assert isinstance(session, AsyncSession)
             session.info[OPENED_BY_KEY] = self.what
             session.info[_TX_KEY] = self
-            if self.deadline is not None:
-                watch_session(session, self.deadline)
-            if self.read_only or self.isolation_level is not None:
+            if self.read_only or self.isolation_level is not None or self.deadline is not None:
                 # Applying options checks a connection out: a cancellation midway must not strand it.
                 _, cancellation = await _to_completion(
-                    _open_or_close_async(session, self.read_only, self.isolation_level)
+                    _open_or_close_async(session, self.read_only, self.isolation_level, self.deadline)
                 )
                 if cancellation is not None:
                     await _to_completion(_close_async(session))
@@ -2066,9 +2064,13 @@ async def _to_completion(work: Coroutine[Any, Any, T]) -> tuple[T, BaseException
         return result, cancellation
 
 
-async def _open_or_close_async(session: AsyncSession, read_only: bool, isolation_level: str | None) -> None:
+async def _open_or_close_async(
+    session: AsyncSession, read_only: bool, isolation_level: str | None, deadline: Deadline | None
+) -> None:
     try:
         await _apply_begin_options_async(session, read_only, isolation_level)
+        if deadline is not None:
+            await watch_owner_async(session, deadline)
     except BaseException:
         await _close_async(session)
         raise
