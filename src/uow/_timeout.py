@@ -83,6 +83,7 @@ class Deadline:
         "expired",
         "info",
         "owner",
+        "passive",
         "previous",
         "seconds",
         "started",
@@ -99,6 +100,7 @@ class Deadline:
         self.info: dict[Any, Any] | None = None
         self.expired = False  # the alarm went off
         self.done = False
+        self.passive = False  # a joiner's deadline that the one in force already covers: changes nothing
         self._lock = threading.Lock()
         self._handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[Any] | None = None
@@ -115,10 +117,6 @@ class Deadline:
             timeout=self.seconds,
             elapsed=elapsed,
         )
-
-    def check(self) -> None:
-        if time.monotonic() >= self.at:
-            raise self.error()
 
     # -- the alarm ---------------------------------------------------------------------------
 
@@ -160,18 +158,20 @@ class Deadline:
 
         Called when the body is over and before the owner commits: a COMMIT is never interrupted.
         """
-        if self.info is None:
-            return exc  # a joiner's deadline that the one in force already covers
+        if self.passive:
+            return exc
         with self._lock:
             self.done = True
         if self._handle is not None:
             self._handle.cancel()
-        if not self.owner:
+        info, self.info = self.info, None  # the sync alarms' heap keeps this object until its time: not the session
+        if not self.owner and info is not None:
             # A joiner hands the session back to the deadline that was in force before it.
             if self.previous is None:
-                self.info.pop(_DEADLINE_KEY, None)
+                info.pop(_DEADLINE_KEY, None)
             else:
-                self.info[_DEADLINE_KEY] = self.previous
+                info[_DEADLINE_KEY] = self.previous
+        self.previous = None
         if isinstance(exc, UnitTimeoutError):
             return exc
         if self.expired and isinstance(exc, asyncio.CancelledError):
@@ -271,7 +271,7 @@ def start_deadline(seconds: float, what: str, session: Session | AsyncSession, *
     previous: Deadline | None = session.info.get(_DEADLINE_KEY)
     deadline = Deadline(what, seconds, owner=False)
     if previous is not None and previous.at <= deadline.at:
-        deadline.done = True
+        deadline.done = deadline.passive = True
         return deadline
     deadline.previous = previous
     watch_session(session, deadline)
