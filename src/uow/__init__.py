@@ -14,17 +14,20 @@ from uow._retry import Retry, is_transient
 from uow._unit import Propagation, current_session, current_session_async, on_commit
 from uow.errors import (
     ConfigurationError,
+    DatabaseUnavailable,
     InjectionError,
     NoActiveUnitOfWork,
     OwnershipError,
     PropagationError,
     RollbackOnlyError,
+    UnitTimeoutError,
     UowError,
 )
 
 __all__ = [
     "ConfigurationError",
     "Database",
+    "DatabaseUnavailable",
     "InjectionError",
     "NoActiveUnitOfWork",
     "OwnershipError",
@@ -32,6 +35,7 @@ __all__ = [
     "PropagationError",
     "Retry",
     "RollbackOnlyError",
+    "UnitTimeoutError",
     "UowError",
     "configure",
     "current_session",

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import math
 import os
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Union
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, select
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from uow.errors import ConfigurationError
+from uow.errors import ConfigurationError, DatabaseUnavailable
 
 __all__ = [
     "Database",
@@ -86,6 +90,7 @@ class Database:
         self._replica_cycle = itertools.cycle(self.replica_factories) if self.replica_factories else None
         self._replica_lock = threading.Lock()
         self.name = name or self._describe()
+        self._given_name = name  # a name the application chose is what errors call it; else the URL sans credentials
         _ALL_DATABASES.add(self)
 
     def __repr__(self) -> str:
@@ -113,6 +118,95 @@ class Database:
                 await engine.dispose()
             else:
                 engine.dispose()
+
+    # -- health ------------------------------------------------------------------------------
+
+    def ping(self, timeout: float = 5.0) -> float:
+        """Run a trivial round trip (``SELECT 1``) on a pooled connection of the primary; its latency in seconds.
+
+        For readiness probes and periodic checks: the connection is not the active unit's (a ping inside
+        a unit neither joins nor disturbs it). Raises `DatabaseUnavailable`, naming the database without
+        its credentials, when the server cannot be reached or does not answer within `timeout` seconds;
+        the wait is bounded by `timeout` even when the server accepts the connection and never answers.
+        """
+        seconds = _ping_timeout(timeout, what=f"{self!r}.ping()")
+        if self.is_async:
+            raise ConfigurationError(f"{self!r} is async: use 'await database.ping_async()'")
+        engine = self._ping_engine()
+        assert isinstance(engine, Engine)
+        outcome: list[float | BaseException] = []
+
+        def probe() -> None:
+            try:
+                outcome.append(_round_trip_sync(engine))
+            except BaseException as failure:  # handed to the caller's thread
+                outcome.append(failure)
+
+        # A thread of its own: a driver's connect can wait for a silent server far longer than `timeout`
+        # (and libpq's connect_timeout counts whole seconds). It ends by itself when the driver gives up.
+        worker = threading.Thread(target=probe, name=f"uow-ping {self._safe_label()}", daemon=True)
+        worker.start()
+        worker.join(seconds)
+        if not outcome:
+            raise self._unavailable(f"no answer within {seconds:g}s", seconds)
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            if not isinstance(result, Exception):
+                raise result
+            raise self._unavailable(self._reason(result), seconds) from result
+        return result
+
+    async def ping_async(self, timeout: float = 5.0) -> float:
+        """`ping` for async code: an async Database pings on its event loop, a sync one in a thread."""
+        seconds = _ping_timeout(timeout, what=f"{self!r}.ping_async()")
+        if not self.is_async:
+            return await asyncio.get_running_loop().run_in_executor(None, self.ping, seconds)
+        engine = self._ping_engine()
+        assert isinstance(engine, AsyncEngine)
+        try:
+            return await asyncio.wait_for(_round_trip_async(engine), seconds)
+        except asyncio.TimeoutError as slow:
+            raise self._unavailable(f"no answer within {seconds:g}s", seconds) from slow
+        except Exception as failure:
+            raise self._unavailable(self._reason(failure), seconds) from failure
+
+    def _ping_engine(self) -> AnyEngine:
+        if self.engine is None:
+            raise ConfigurationError(
+                f"{self!r} has no engine to ping: its session_factory has no engine bind; "
+                "make it with sessionmaker(engine) / async_sessionmaker(engine), or pass engine=..."
+            )
+        return self.engine
+
+    def _safe_label(self) -> str:
+        if self._given_name is not None:
+            return self._given_name
+        if self.engine is None:
+            return self.name
+        url = self.engine.url
+        return URL.create(url.drivername, host=url.host, port=url.port, database=url.database).render_as_string()
+
+    def _reason(self, failure: BaseException) -> str:
+        """What the driver said (first line), with the URL's credentials blanked out."""
+        driver = getattr(failure, "orig", None) or failure
+        message = str(driver).strip().splitlines()[0] if str(driver).strip() else ""
+        url = self.engine.url if self.engine is not None else None
+        if url is not None and url.password:
+            message = message.replace(str(url.password), "***")
+        if url is not None and url.username:
+            for quoted in (f'"{url.username}"', f"'{url.username}'", f"user={url.username}"):
+                message = message.replace(quoted, quoted.replace(url.username, "***"))
+        kind = f"{type(driver).__module__}.{type(driver).__qualname__}"
+        return f"{kind}: {message}" if message else kind
+
+    def _unavailable(self, reason: str, seconds: float) -> DatabaseUnavailable:
+        label = self._safe_label()
+        return DatabaseUnavailable(
+            f"database {label} is unavailable: {reason} (ping timeout {seconds:g}s). "
+            "Check that the server is up and reachable from here, or raise the timeout",
+            database=label,
+            timeout=seconds,
+        )
 
     def _describe(self) -> str:
         if self.engine is not None:
@@ -153,6 +247,46 @@ class Database:
                 f"got {type(factory).__name__}"
             )
         return factory
+
+
+def _ping_timeout(value: object, *, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"{what}: timeout= must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _is_stale(failure: Exception) -> bool:
+    # A pooled connection the server dropped since (a restart, an idle timeout): SQLAlchemy has thrown
+    # it away, and the next connection is a fresh one. That is not the server being down.
+    return isinstance(failure, DBAPIError) and bool(failure.connection_invalidated)
+
+
+def _round_trip_sync(engine: Engine) -> float:
+    for attempt in (1, 2):
+        started = time.perf_counter()
+        try:
+            with engine.connect() as connection:
+                connection.execute(select(1)).scalar()
+        except Exception as failure:
+            if attempt == 1 and _is_stale(failure):
+                continue
+            raise
+        return time.perf_counter() - started
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _round_trip_async(engine: AsyncEngine) -> float:
+    for attempt in (1, 2):
+        started = time.perf_counter()
+        try:
+            async with engine.connect() as connection:
+                (await connection.execute(select(1))).scalar()
+        except Exception as failure:
+            if attempt == 1 and _is_stale(failure):
+                continue
+            raise
+        return time.perf_counter() - started
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 # -- savepoints: which one a connection last rolled back or tried to release ------------------

@@ -20,6 +20,7 @@ from uow._database import Database
 from uow._inject import BOTH_SESSION_AND_CONNECTION, NO_SERVICES, decorate, resolve_connection
 from uow._providers import ServicePlan, build_async, build_sync, close_async, close_sync, plan_service
 from uow._retry import Retry
+from uow._timeout import Deadline, begin_deadline, parse_timeout
 from uow._unit import (
     ActiveUnit,
     Propagation,
@@ -78,6 +79,7 @@ def with_services(  # pyright: ignore[reportOverlappingOverload]
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    timeout: float | None = None,
 ) -> _Decorator1[S1]: ...
 
 
@@ -92,6 +94,7 @@ def with_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    timeout: float | None = None,
 ) -> _Decorator2[S1, S2]: ...
 
 
@@ -107,6 +110,7 @@ def with_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    timeout: float | None = None,
 ) -> _Decorator3[S1, S2, S3]: ...
 
 
@@ -123,6 +127,7 @@ def with_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    timeout: float | None = None,
 ) -> _Decorator4[S1, S2, S3, S4]: ...
 
 
@@ -140,6 +145,7 @@ def with_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    timeout: float | None = None,
 ) -> _Decorator5[S1, S2, S3, S4, S5]: ...
 
 
@@ -158,6 +164,7 @@ def with_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    timeout: float | None = None,
 ) -> _Decorator6[S1, S2, S3, S4, S5, S6]: ...
 
 
@@ -169,6 +176,7 @@ def with_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    timeout: float | None = None,
 ) -> _AnyDecorator: ...
 
 
@@ -179,6 +187,7 @@ def with_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    timeout: float | None = None,
 ) -> Any:
     """Decorate a function so it runs in a unit of work with `services` built and passed in as keyword arguments.
 
@@ -197,12 +206,13 @@ def with_services(
         read_only=read_only,
         isolation_level=isolation_level,
         retry=retry,
+        timeout=timeout,
         name="with_services",
     )
 
 
 class _ServicesDecorator:
-    __slots__ = ("database", "isolation_level", "name", "propagation", "read_only", "retry", "services")
+    __slots__ = ("database", "isolation_level", "name", "propagation", "read_only", "retry", "services", "timeout")
 
     def __init__(
         self,
@@ -213,6 +223,7 @@ class _ServicesDecorator:
         read_only: bool,
         isolation_level: str | None,
         retry: Retry | int | None,
+        timeout: float | None,
         name: str,
     ) -> None:
         self.services = tuple(services)
@@ -221,7 +232,9 @@ class _ServicesDecorator:
         self.read_only = read_only
         self.isolation_level = isolation_level
         self.retry = retry
+        self.timeout = timeout
         self.name = name
+        parse_timeout(timeout, what=f"@{name}(...)")  # refused here already, before a function is decorated
 
     def __call__(self, fn: Any, /) -> Any:
         return decorate(
@@ -233,6 +246,7 @@ class _ServicesDecorator:
             isolation_level=self.isolation_level,
             retry=self.retry,
             decorator=self.name,
+            timeout=self.timeout,
         )
 
 
@@ -244,7 +258,7 @@ class UnitOfWork:
     builds the service of each parameter marked ``= injected()`` (`uow.injected`).
     """
 
-    __slots__ = ("_spec", "database", "isolation_level", "propagation", "read_only", "retry")
+    __slots__ = ("_spec", "database", "isolation_level", "propagation", "read_only", "retry", "timeout")
 
     def __init__(
         self,
@@ -254,18 +268,21 @@ class UnitOfWork:
         read_only: bool,
         isolation_level: str | None,
         retry: Retry | int | None,
+        timeout: float | None = None,
     ) -> None:
         self.database = database
         self.propagation = propagation
         self.read_only = read_only
         self.isolation_level = isolation_level
         self.retry = retry
+        self.timeout = timeout
         self._spec = UnitSpec(
             database=database,
             propagation=propagation,
             read_only=read_only,
             isolation_level=isolation_level,
             what="unit_of_work()",
+            timeout=parse_timeout(timeout, what="unit_of_work()"),
         )
 
     # The function's type minus a first Session / AsyncSession parameter, plus session= / connection=.
@@ -295,6 +312,7 @@ class UnitOfWork:
             isolation_level=self.isolation_level,
             retry=self.retry,
             decorator="unit_of_work",
+            timeout=self.timeout,
         )
         return decorated
 
@@ -307,44 +325,55 @@ class UnitOfWork:
 
     def __enter__(self) -> Any:
         self._refuse_retry()
-        unit, session = enter_sync(self._spec)
-        _push_entered(self, unit)
+        spec = self._spec
+        unit, session = enter_sync(spec)
+        deadline = begin_deadline(spec, unit, session, is_async=False) if spec.timeout is not None else None
+        _push_entered(self, unit, deadline)
         return session
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        exit_sync(_pop_entered(self), exc)
+        unit, deadline = _pop_entered(self)
+        ending = exc if deadline is None else deadline.leave(exc)
+        exit_sync(unit, ending)
+        if ending is not None and ending is not exc:
+            raise ending from exc
 
     async def __aenter__(self) -> Any:
         self._refuse_retry()
-        unit, session = await enter_async(self._spec)
-        _push_entered(self, unit)
+        spec = self._spec
+        unit, session = await enter_async(spec)
+        deadline = begin_deadline(spec, unit, session, is_async=True) if spec.timeout is not None else None
+        _push_entered(self, unit, deadline)
         return session
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await exit_async(_pop_entered(self), exc)
+        unit, deadline = _pop_entered(self)
+        ending = exc if deadline is None else deadline.leave(exc)
+        await exit_async(unit, ending)
+        if ending is not None and ending is not exc:
+            raise ending from exc
 
 
 # The units entered through `with`/`async with`, per context: one UnitOfWork object (made once at
 # module level, say) may be entered by many tasks or threads at the same time.
-_entered: contextvars.ContextVar[tuple[tuple[UnitOfWork, ActiveUnit], ...]] = contextvars.ContextVar(
-    "uow_entered_units", default=()
-)
+_Entered = tuple[UnitOfWork, ActiveUnit, Union[Deadline, None]]
+_entered: contextvars.ContextVar[tuple[_Entered, ...]] = contextvars.ContextVar("uow_entered_units", default=())
 
 
-def _push_entered(owner: UnitOfWork, unit: ActiveUnit) -> None:
-    _entered.set((*_entered.get(), (owner, unit)))
+def _push_entered(owner: UnitOfWork, unit: ActiveUnit, deadline: Deadline | None) -> None:
+    _entered.set((*_entered.get(), (owner, unit, deadline)))
 
 
-def _pop_entered(owner: UnitOfWork) -> ActiveUnit:
+def _pop_entered(owner: UnitOfWork) -> tuple[ActiveUnit, Deadline | None]:
     stack = _entered.get()
     for index in range(len(stack) - 1, -1, -1):
         if stack[index][0] is owner:
             _entered.set(stack[:index] + stack[index + 1 :])
-            return stack[index][1]
+            return stack[index][1], stack[index][2]
     raise RuntimeError("unit_of_work(): __exit__ without a matching __enter__ in this task or thread")
 
 
@@ -355,6 +384,7 @@ def unit_of_work(
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    timeout: float | None = None,
 ) -> UnitOfWork:
     """A unit of work: ``with unit_of_work() as session:``, or ``@unit_of_work()``.
 
@@ -367,6 +397,7 @@ def unit_of_work(
         read_only=read_only,
         isolation_level=isolation_level,
         retry=retry,
+        timeout=timeout,
     )
 
 
@@ -378,7 +409,7 @@ def _plans_for(services: tuple[Any, ...]) -> tuple[ServicePlan, ...]:
 class ServicesContext(Generic[T]):
     """What `provide_services` returns: use it with ``with`` (sync Database) or ``async with`` (async Database)."""
 
-    __slots__ = ("_closers", "_connection", "_plans", "_session", "_spec", "_unit")
+    __slots__ = ("_closers", "_connection", "_deadline", "_plans", "_session", "_spec", "_unit")
 
     def __init__(
         self,
@@ -390,6 +421,7 @@ class ServicesContext(Generic[T]):
         propagation: PropagationArg,
         read_only: bool,
         isolation_level: str | None,
+        timeout: float | None = None,
     ) -> None:
         if session is not None and connection is not None:
             raise ValueError(BOTH_SESSION_AND_CONNECTION)
@@ -406,9 +438,11 @@ class ServicesContext(Generic[T]):
             propagation=propagation,
             read_only=read_only,
             isolation_level=isolation_level,
-            what="provide_services(" + ", ".join(p.label for p in self._plans) + ")",
+            what=(what := "provide_services(" + ", ".join(p.label for p in self._plans) + ")"),
+            timeout=parse_timeout(timeout, what=what),
         )
         self._unit: ActiveUnit | None = None
+        self._deadline: Deadline | None = None
         self._closers: list[Any] = []
 
     def _request_tx(self) -> Any:
@@ -424,12 +458,20 @@ class ServicesContext(Generic[T]):
                 )
         unit, session = enter_sync(self._spec, session=self._session, request_tx=self._request_tx())
         self._unit = unit
+        if self._spec.timeout is not None:
+            self._deadline = begin_deadline(self._spec, unit, session, is_async=False)
         try:
             services = build_sync(self._plans, session, {}, self._closers)
         except BaseException as exc:
+            self._leave(exc)
             self._fail_sync(exc)
             raise
         return tuple(services)  # type: ignore[return-value]
+
+    def _leave(self, exc: BaseException | None) -> BaseException | None:
+        """Disarm the deadline, if any: `exc`, or the `UnitTimeoutError` the block ends with instead."""
+        deadline, self._deadline = self._deadline, None
+        return exc if deadline is None else deadline.leave(exc)
 
     def _fail_sync(self, exc: BaseException) -> None:
         unit, self._unit = self._unit, None
@@ -447,8 +489,11 @@ class ServicesContext(Generic[T]):
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc is not None:
-            self._fail_sync(exc)
+        ending = self._leave(exc)
+        if ending is not None:
+            self._fail_sync(ending)
+            if ending is not exc:
+                raise ending from exc
             return
         unit, self._unit = self._unit, None
         assert unit is not None
@@ -462,9 +507,12 @@ class ServicesContext(Generic[T]):
     async def __aenter__(self) -> T:
         unit, session = await enter_async(self._spec, session=self._session, request_tx=self._request_tx())
         self._unit = unit
+        if self._spec.timeout is not None:
+            self._deadline = begin_deadline(self._spec, unit, session, is_async=True)
         try:
             services = await build_async(self._plans, session, {}, self._closers)
         except BaseException as exc:
+            self._leave(exc)
             await self._fail_async(exc)
             raise
         return tuple(services)  # type: ignore[return-value]
@@ -485,8 +533,11 @@ class ServicesContext(Generic[T]):
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc is not None:
-            await self._fail_async(exc)
+        ending = self._leave(exc)
+        if ending is not None:
+            await self._fail_async(ending)
+            if ending is not exc:
+                raise ending from exc
             return
         unit, self._unit = self._unit, None
         assert unit is not None
@@ -509,6 +560,7 @@ def provide_services(
     propagation: PropagationArg = "required",
     read_only: bool = False,
     isolation_level: str | None = None,
+    timeout: float | None = None,
 ) -> ServicesContext[tuple[S1]]: ...
 
 
@@ -524,6 +576,7 @@ def provide_services(
     propagation: PropagationArg = "required",
     read_only: bool = False,
     isolation_level: str | None = None,
+    timeout: float | None = None,
 ) -> ServicesContext[tuple[S1, S2]]: ...
 
 
@@ -540,6 +593,7 @@ def provide_services(
     propagation: PropagationArg = "required",
     read_only: bool = False,
     isolation_level: str | None = None,
+    timeout: float | None = None,
 ) -> ServicesContext[tuple[S1, S2, S3]]: ...
 
 
@@ -557,6 +611,7 @@ def provide_services(
     propagation: PropagationArg = "required",
     read_only: bool = False,
     isolation_level: str | None = None,
+    timeout: float | None = None,
 ) -> ServicesContext[tuple[S1, S2, S3, S4]]: ...
 
 
@@ -575,6 +630,7 @@ def provide_services(
     propagation: PropagationArg = "required",
     read_only: bool = False,
     isolation_level: str | None = None,
+    timeout: float | None = None,
 ) -> ServicesContext[tuple[S1, S2, S3, S4, S5]]: ...
 
 
@@ -594,6 +650,7 @@ def provide_services(
     propagation: PropagationArg = "required",
     read_only: bool = False,
     isolation_level: str | None = None,
+    timeout: float | None = None,
 ) -> ServicesContext[tuple[S1, S2, S3, S4, S5, S6]]: ...
 
 
@@ -606,6 +663,7 @@ def provide_services(
     propagation: PropagationArg = "required",
     read_only: bool = False,
     isolation_level: str | None = None,
+    timeout: float | None = None,
 ) -> ServicesContext[tuple[Any, ...]]: ...
 
 
@@ -617,6 +675,7 @@ def provide_services(
     propagation: PropagationArg = "required",
     read_only: bool = False,
     isolation_level: str | None = None,
+    timeout: float | None = None,
 ) -> ServicesContext[Any]:
     """A unit with `services` built in it: ``with provide_services(A, B) as (a, b):`` (or ``async with``).
 
@@ -632,4 +691,5 @@ def provide_services(
         propagation=propagation,
         read_only=read_only,
         isolation_level=isolation_level,
+        timeout=timeout,
     )

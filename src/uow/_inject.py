@@ -42,6 +42,7 @@ from uow._providers import (
     unwrap_annotated,
 )
 from uow._retry import Retry, describe_error, parse_retry
+from uow._timeout import begin_deadline, parse_timeout
 from uow._unit import (
     ActiveUnit,
     Propagation,
@@ -165,7 +166,7 @@ class FunctionPlan:
         # nothing: it is taken when there is no retry policy, every service is a class built from the
         # session alone, no `override` block is active and the caller passed none of `caller_names`.
         # A framework connection parameter may arrive positionally, so only the general path reads it.
-        general = retry is not None or connection_param is not None or bool(session_classes)
+        general = retry is not None or connection_param is not None or bool(session_classes) or spec.timeout is not None
         self.direct: DirectBuilder | None = None if general else direct_builder(targets, session_params)
         # The commonest direct case, built inline by the wrappers: one service class taking the session first.
         self.single = single_positional(targets, session_params) if self.direct is not None else None
@@ -231,6 +232,7 @@ def plan_function(
     isolation_level: str | None,
     retry: Retry | int | None,
     decorator: str,
+    timeout: float | None = None,
 ) -> FunctionPlan:
     """Decide, once, how to call `fn` with `services` injected."""
     if isinstance(fn, (property, functools.cached_property)):
@@ -256,6 +258,7 @@ def plan_function(
         read_only=read_only,
         isolation_level=isolation_level,
         what=what,
+        timeout=parse_timeout(timeout, what=what),
     )
     retry_policy = parse_retry(retry, what=what)
     if spec.database is not None and spec.database.is_async != is_async:
@@ -728,14 +731,21 @@ def _attempt_sync(
     supplied: dict[str, Any],
 ) -> Any:
     unit, unit_session = enter_sync(plan.spec, session=session, request_tx=request_tx)
+    deadline = begin_deadline(plan.spec, unit, unit_session, is_async=False) if plan.spec.timeout is not None else None
     closers: list[Any] = []
     try:
         values = _values_sync(plan, unit_session, supplied, closers)
         call_args, call_kwargs = _layout(plan, args, kwargs, values)
         result = plan.fn(*call_args, **call_kwargs)
     except BaseException as exc:
-        _fail_sync(unit, closers, exc)
-        raise
+        ending = exc if deadline is None else (deadline.leave(exc) or exc)
+        _fail_sync(unit, closers, ending)
+        if ending is exc:
+            raise
+        raise ending from exc
+    if deadline is not None and (expired := deadline.leave(None)) is not None:
+        _fail_sync(unit, closers, expired)
+        raise expired
     _succeed_sync(unit, closers)
     return result
 
@@ -801,14 +811,21 @@ async def _attempt_async(
     supplied: dict[str, Any],
 ) -> Any:
     unit, unit_session = await enter_async(plan.spec, session=session, request_tx=request_tx)
+    deadline = begin_deadline(plan.spec, unit, unit_session, is_async=True) if plan.spec.timeout is not None else None
     closers: list[Any] = []
     try:
         values = await _values_async(plan, unit_session, supplied, closers)
         call_args, call_kwargs = _layout(plan, args, kwargs, values)
         result = await plan.fn(*call_args, **call_kwargs)
     except BaseException as exc:
-        await _fail_async(unit, closers, exc)
-        raise
+        ending = exc if deadline is None else (deadline.leave(exc) or exc)
+        await _fail_async(unit, closers, ending)
+        if ending is exc:
+            raise
+        raise ending from exc
+    if deadline is not None and (expired := deadline.leave(None)) is not None:
+        await _fail_async(unit, closers, expired)
+        raise expired
     await _succeed_async(unit, closers)
     return result
 
@@ -1042,6 +1059,7 @@ def decorate(
     isolation_level: str | None,
     retry: Retry | int | None,
     decorator: str,
+    timeout: float | None = None,
 ) -> Any:
     """Decorate a function, method, classmethod or staticmethod."""
     if isinstance(target, (classmethod, staticmethod)):
@@ -1054,6 +1072,7 @@ def decorate(
             isolation_level=isolation_level,
             retry=retry,
             decorator=decorator,
+            timeout=timeout,
         )
         return type(target)(inner)
     plan = plan_function(
@@ -1065,5 +1084,6 @@ def decorate(
         isolation_level=isolation_level,
         retry=retry,
         decorator=decorator,
+        timeout=timeout,
     )
     return wrap(plan)

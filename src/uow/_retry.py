@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.exc import DBAPIError
 
-from uow.errors import ConfigurationError
+from uow.errors import ConfigurationError, UnitTimeoutError
 
 __all__ = ["Retry", "describe_error", "is_transient", "parse_retry"]
 
@@ -22,8 +22,11 @@ def is_transient(exc: BaseException) -> bool:
 
     Serialization failures and deadlocks (PostgreSQL 40001/40P01, MySQL/MariaDB 1213/1205),
     SQLite's "database is locked", and connections the driver reported as dropped.
-    A constraint violation, or anything else, is not transient.
+    A constraint violation, a unit that ran out of time (`UnitTimeoutError`), or anything else, is not
+    transient.
     """
+    if isinstance(exc, UnitTimeoutError):
+        return False
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:  # pyright: ignore[reportAttributeAccessIssue]
         return True
     return any(_is_transient_driver_error(error) for error in _driver_errors(exc))

@@ -49,6 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, A
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from uow._database import Database, forget_savepoint_end, get_default_database, savepoint_end, track_savepoint_ends
+from uow._timeout import Deadline, watch_owner_async, watch_owner_sync
 from uow.errors import (
     ConfigurationError,
     NoActiveUnitOfWork,
@@ -131,6 +132,7 @@ class Transaction:
         "abandoned",
         "busy",
         "database",
+        "deadline",
         "finished",
         "hooks",
         "inside",
@@ -173,6 +175,7 @@ class Transaction:
         self.busy: object = None
         # Ended while a joined unit was in a statement on the session: the last of those to leave closes it.
         self.abandoned = False
+        self.deadline: Deadline | None = None  # the owning unit's timeout= (see uow._timeout)
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -188,6 +191,8 @@ class Transaction:
             session.info[_TX_KEY] = self
             try:
                 _apply_begin_options_sync(session, self.read_only, self.isolation_level)
+                if self.deadline is not None:
+                    watch_owner_sync(session, self.deadline)
             except BaseException:
                 session.close()
                 raise
@@ -205,10 +210,10 @@ class Transaction:
             assert isinstance(session, AsyncSession)
             session.info[OPENED_BY_KEY] = self.what
             session.info[_TX_KEY] = self
-            if self.read_only or self.isolation_level is not None:
+            if self.read_only or self.isolation_level is not None or self.deadline is not None:
                 # Applying options checks a connection out: a cancellation midway must not strand it.
                 _, cancellation = await _to_completion(
-                    _open_or_close_async(session, self.read_only, self.isolation_level)
+                    _open_or_close_async(session, self.read_only, self.isolation_level, self.deadline)
                 )
                 if cancellation is not None:
                     await _to_completion(_close_async(session))
@@ -646,7 +651,7 @@ class Kind(enum.Enum):
 class UnitSpec:
     """What a unit asks for, fixed when it is declared (decoration time)."""
 
-    __slots__ = ("database", "isolation_level", "propagation", "read_only", "required", "what")
+    __slots__ = ("database", "isolation_level", "propagation", "read_only", "required", "timeout", "what")
 
     def __init__(
         self,
@@ -656,6 +661,7 @@ class UnitSpec:
         read_only: bool,
         isolation_level: str | None,
         what: str,
+        timeout: float | None = None,
     ) -> None:
         if database is not None and not isinstance(database, Database):
             raise ConfigurationError(f"{what}: database= needs a uow.Database, got {type(database).__name__}")
@@ -665,6 +671,7 @@ class UnitSpec:
         self.required = self.propagation is Propagation.REQUIRED
         self.read_only = bool(read_only)
         self.isolation_level = isolation_level
+        self.timeout = timeout  # seconds, checked by `parse_timeout` before it gets here
         self.what = what
 
 
@@ -864,6 +871,8 @@ def enter_sync(
             raise
     if kind is Kind.BEGIN:
         tx = Transaction(database, read_only=spec.read_only, isolation_level=spec.isolation_level, what=spec.what)
+        if spec.timeout is not None:
+            tx.deadline = Deadline(spec.what, spec.timeout, owner=True)
         opened = tx.open_sync()
         token = _current.set(Frame(database, tx, tx.root, _current.get()))
         return ActiveUnit(kind, tx, tx.root, token), opened
@@ -919,6 +928,8 @@ async def enter_async(
             raise
     if kind is Kind.BEGIN:
         tx = Transaction(database, read_only=spec.read_only, isolation_level=spec.isolation_level, what=spec.what)
+        if spec.timeout is not None:
+            tx.deadline = Deadline(spec.what, spec.timeout, owner=True)
         opened = await tx.open_async()
         token = _current.set(Frame(database, tx, tx.root, _current.get()))
         return ActiveUnit(kind, tx, tx.root, token), opened
@@ -2053,9 +2064,13 @@ async def _to_completion(work: Coroutine[Any, Any, T]) -> tuple[T, BaseException
         return result, cancellation
 
 
-async def _open_or_close_async(session: AsyncSession, read_only: bool, isolation_level: str | None) -> None:
+async def _open_or_close_async(
+    session: AsyncSession, read_only: bool, isolation_level: str | None, deadline: Deadline | None
+) -> None:
     try:
         await _apply_begin_options_async(session, read_only, isolation_level)
+        if deadline is not None:
+            await watch_owner_async(session, deadline)
     except BaseException:
         await _close_async(session)
         raise

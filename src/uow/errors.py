@@ -4,11 +4,13 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigurationError",
+    "DatabaseUnavailable",
     "InjectionError",
     "NoActiveUnitOfWork",
     "OwnershipError",
     "PropagationError",
     "RollbackOnlyError",
+    "UnitTimeoutError",
     "UowError",
 ]
 
@@ -39,3 +41,29 @@ class PropagationError(UowError):
 
 class RollbackOnlyError(UowError):
     """The unit was marked rollback-only by a failed inner unit, so it rolled back instead of committing."""
+
+
+class UnitTimeoutError(UowError, TimeoutError):
+    """A unit declared with ``timeout=`` ran out of time; it was rolled back.
+
+    ``what`` names the unit whose deadline expired (the owner's, when a joiner ran into it),
+    ``timeout`` is its timeout and ``elapsed`` how long it had run, both in seconds.
+    """
+
+    def __init__(self, message: str, *, what: str, timeout: float, elapsed: float) -> None:
+        super().__init__(message)
+        self.what = what
+        self.timeout = timeout
+        self.elapsed = elapsed
+
+
+class DatabaseUnavailable(UowError):
+    """`Database.ping()` could not reach the database, or the round trip took longer than its timeout.
+
+    ``database`` names it without credentials; ``timeout`` is the ping's timeout in seconds.
+    """
+
+    def __init__(self, message: str, *, database: str, timeout: float) -> None:
+        super().__init__(message)
+        self.database = database
+        self.timeout = timeout

@@ -389,3 +389,24 @@ def surface(database: uow.Database) -> None:
     assert_type(uow.unit_of_work(database=database, propagation="nested"), UnitOfWork)
     uow.on_commit(lambda: None)
     uow.with_services(SyncUserService, propagation=uow.Propagation.REQUIRES_NEW, retry=3)
+
+
+# -- timeout= and ping ----------------------------------------------------------------------------------
+
+
+@uow.with_services(SyncUserService, timeout=2.5)
+def timed(users: SyncUserService, user_id: int) -> int:
+    return user_id
+
+
+async def timeouts(database: uow.Database) -> None:
+    assert_type(timed(1), int)
+    assert_type(uow.unit_of_work(timeout=1), UnitOfWork)
+    with uow.provide_services(SyncUserService, timeout=0.5) as (users,):
+        assert_type(users, SyncUserService)
+    uow.with_services(SyncUserService, timeout="1")  # type: ignore[call-overload]
+    uow.unit_of_work(timeout="1")  # type: ignore[arg-type]
+    assert_type(database.ping(timeout=1), float)
+    assert_type(await database.ping_async(timeout=0.5), float)
+    error = uow.UnitTimeoutError("x", what="f()", timeout=1.0, elapsed=1.2)
+    assert_type(error.elapsed, float)
