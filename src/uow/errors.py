@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigurationError",
     "InjectionError",
+    "MissingDependencyError",
     "NoActiveUnitOfWork",
     "OwnershipError",
     "PropagationError",
@@ -23,6 +24,10 @@ class ConfigurationError(UowError):
 
 class InjectionError(UowError, TypeError):
     """A service cannot be matched to a parameter, or a parameter cannot be satisfied."""
+
+
+class MissingDependencyError(ConfigurationError, ImportError):
+    """An optional part of uow was imported without the package it needs; the message names the extra."""
 
 
 class NoActiveUnitOfWork(UowError):
