@@ -464,6 +464,53 @@ async def test_unknown_when_the_connection_drops_before_commit_answers(
     assert await counter(database) == 0
 
 
+def test_a_with_block_is_a_unit_span_named_unit_of_work(sqlite_db: uow.Database, telemetry: Telemetry) -> None:
+    with uow.unit_of_work(database=sqlite_db) as session:
+        session.execute(bump())
+    (unit,) = telemetry.unit_spans()
+    assert unit.name == "unit_of_work"
+    assert dict(unit.attributes or {})["uow.outcome"] == "committed"
+
+
+class Broken:
+    """A sink that fails at every call: the units it watches must end exactly as they would without it."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def unit_started(self, unit: _observe.UnitRecord) -> object:
+        if self.where == "start":
+            raise RuntimeError("broken sink")
+        return None
+
+    def unit_retried(self, unit: _observe.UnitRecord, state: object, attempt: int, error: BaseException) -> None:
+        raise RuntimeError("broken sink")
+
+    def unit_finished(self, unit: _observe.UnitRecord, state: object) -> None:
+        raise RuntimeError("broken sink")
+
+
+@pytest.mark.parametrize("where", ["start", "finish"])
+def test_a_failing_sink_changes_nothing_for_the_unit(
+    sqlite_db: uow.Database, telemetry: Telemetry, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    @uow.unit_of_work(database=sqlite_db)
+    def work(session: Session) -> None:
+        session.execute(insert(Item).values(name="kept"))
+
+    _observe.install("broken", Broken(where))
+    try:
+        work()
+    finally:
+        _observe.uninstall("broken")
+    assert len(telemetry.unit_spans()) == 1  # the other sink saw the unit through
+    assert any(
+        "broken sink" not in r.getMessage() and "the unit is not affected" in r.getMessage() for r in caplog.records
+    )
+    with sqlite_db.engine.connect() as connection:  # type: ignore[union-attr]
+        assert connection.execute(select(Item.name)).scalars().all() == ["kept"]
+
+
 # -- on and off -------------------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import time
 from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Protocol
@@ -39,6 +40,8 @@ __all__ = [
     "observer",
     "uninstall",
 ]
+
+logger = logging.getLogger("uow")
 
 COMMITTED = "committed"
 """COMMIT went through."""
@@ -118,7 +121,13 @@ class UnitRecord:
         self.commit_seconds: float | None = None
         self.duration = 0.0
         self.started = time.perf_counter()
-        self.states: tuple[object, ...] = tuple(sink.unit_started(self) for sink in sinks)
+        self.states: list[object] = []
+        for sink in sinks:
+            try:
+                self.states.append(sink.unit_started(self))
+            except Exception:
+                _sink_failed(sink, "unit_started")
+                self.states.append(_LEFT_OUT)
 
     @property
     def name(self) -> str:
@@ -181,7 +190,28 @@ class UnitRecord:
     def _finish(self) -> None:
         self.duration = time.perf_counter() - self.started
         for sink, state in zip(self.sinks, self.states, strict=True):
-            sink.unit_finished(self, state)
+            if state is not _LEFT_OUT:
+                try:
+                    sink.unit_finished(self, state)
+                except Exception:
+                    _sink_failed(sink, "unit_finished")
+
+    def retried(self, attempt: int, error: BaseException) -> None:
+        self.retries += 1
+        for sink, state in zip(self.sinks, self.states, strict=True):
+            if state is not _LEFT_OUT:
+                try:
+                    sink.unit_retried(self, state, attempt, error)
+                except Exception:
+                    _sink_failed(sink, "unit_retried")
+
+
+_LEFT_OUT = object()  # the state of a sink whose unit_started failed: it hears nothing more of the unit
+
+
+def _sink_failed(sink: Sink, what: str) -> None:
+    # Watching a unit must never change how it ends: the unit goes on, the failure is logged.
+    logger.exception("uow: %s.%s failed; the unit is not affected", type(sink).__qualname__, what)
 
 
 def _outcome(unit: UnitRecord, error: BaseException | None) -> str:
@@ -264,11 +294,8 @@ class Observer:
     def unit_retried(self, attempt: int, error: BaseException) -> None:
         """The retry loop runs its unit again after `attempt` failed with `error`."""
         record = _retry_loop.get()
-        if record is None:
-            return
-        record.retries += 1
-        for sink, state in zip(record.sinks, record.states, strict=True):
-            sink.unit_retried(record, state, attempt, error)
+        if record is not None:
+            record.retried(attempt, error)
 
 
 _retry_loop: contextvars.ContextVar[UnitRecord | None] = contextvars.ContextVar("uow_retry_loop", default=None)
