@@ -49,3 +49,16 @@ def test_profile_flag(tmp_path: Path) -> None:
     pytest.importorskip("pyinstrument")
     out = tmp_path / "results.json"
     assert run.main(["--profile", "--rounds", "1", "--number", "1", "--case", "scale-depth", "--json", str(out)]) == 0
+
+
+def test_observability_case_compares_with_uow_before_the_seam_and_leaves_nothing_behind() -> None:
+    import sys
+
+    from uow import _observe
+
+    (result,) = run.run([CASES["observe-sync-empty"]], TINY, echo=False)
+    names = [r.name for r in result.results]
+    assert any(name.startswith("uow before the seam (") for name in names), (names, result.notes)
+    assert {"observability off", "uow.otel on (SDK, in-memory)", "uow.logs on, one record per unit"} <= set(names)
+    assert not any(name.startswith("uow_seamless") for name in sys.modules)
+    assert _observe.observer is None

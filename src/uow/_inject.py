@@ -14,11 +14,12 @@ import logging
 import time
 import typing
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session
 from sqlalchemy.orm import Session, scoped_session
 
+from uow import _observe
 from uow._database import Database, get_default_database
 from uow._markers import Injected
 from uow._providers import (
@@ -58,6 +59,9 @@ from uow._unit import (
     join_innermost,
 )
 from uow.errors import ConfigurationError, InjectionError
+
+if TYPE_CHECKING:
+    from uow._observe import Observer
 
 __all__ = ["FunctionPlan", "find_connection", "plan_function", "register_connection_resolver", "resolve_connection"]
 
@@ -687,8 +691,24 @@ def _can_retry(plan: FunctionPlan, session: Any, request_tx: Transaction | None)
         return False
     if plan.spec.propagation is Propagation.REQUIRES_NEW:
         return True
-    database = plan.spec.database if plan.spec.database is not None else get_default_database()
+    database = _database_of(plan)
     return database is not None and find_frame(database) is None
+
+
+def _database_of(plan: FunctionPlan) -> Database | None:
+    return plan.spec.database if plan.spec.database is not None else get_default_database()
+
+
+def _observe_retries(observer: Observer, plan: FunctionPlan) -> contextlib.AbstractContextManager[None]:
+    """One record (one span) for all the attempts of a retried unit: see `uow._observe`."""
+    spec = plan.spec
+    return observer.retrying(
+        function=spec.what,
+        database=_database_of(plan),
+        propagation=spec.propagation.value,
+        read_only=spec.read_only,
+        isolation_level=spec.isolation_level,
+    )
 
 
 def _log_retry(plan: FunctionPlan, attempt: int, exc: BaseException, delay: float) -> None:
@@ -702,17 +722,26 @@ def _log_retry(plan: FunctionPlan, attempt: int, exc: BaseException, delay: floa
         describe_error(exc),
         delay,
     )
+    if _observe.observer is not None:
+        _observe.observer.unit_retried(attempt, exc)
 
 
 def call_sync(plan: FunctionPlan, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     session, request_tx, supplied = _pop_caller_keywords(plan, args, kwargs)
     if not _can_retry(plan, session, request_tx):
         return _attempt_sync(plan, args, kwargs, session, request_tx, supplied)
+    if _observe.observer is not None:
+        with _observe_retries(_observe.observer, plan):
+            return _retry_sync(plan, args, kwargs, supplied)
+    return _retry_sync(plan, args, kwargs, supplied)
+
+
+def _retry_sync(plan: FunctionPlan, args: tuple[Any, ...], kwargs: dict[str, Any], supplied: dict[str, Any]) -> Any:
     assert plan.retry is not None
     attempt = 1
     while True:
         try:
-            return _attempt_sync(plan, args, kwargs, session, request_tx, supplied)
+            return _attempt_sync(plan, args, kwargs, None, None, supplied)
         except Exception as exc:
             if not plan.retry.should_retry(exc, attempt):
                 raise
@@ -788,11 +817,20 @@ async def call_async(plan: FunctionPlan, args: tuple[Any, ...], kwargs: dict[str
     session, request_tx, supplied = _pop_caller_keywords(plan, args, kwargs)
     if not _can_retry(plan, session, request_tx):
         return await _attempt_async(plan, args, kwargs, session, request_tx, supplied)
+    if _observe.observer is not None:
+        with _observe_retries(_observe.observer, plan):
+            return await _retry_async(plan, args, kwargs, supplied)
+    return await _retry_async(plan, args, kwargs, supplied)
+
+
+async def _retry_async(
+    plan: FunctionPlan, args: tuple[Any, ...], kwargs: dict[str, Any], supplied: dict[str, Any]
+) -> Any:
     assert plan.retry is not None
     attempt = 1
     while True:
         try:
-            return await _attempt_async(plan, args, kwargs, session, request_tx, supplied)
+            return await _attempt_async(plan, args, kwargs, None, None, supplied)
         except Exception as exc:
             if not plan.retry.should_retry(exc, attempt):
                 raise

@@ -41,13 +41,14 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from threading import get_ident
-from typing import Any, TypeVar, Union
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import UnboundExecutionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncSessionTransaction
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
+from uow import _observe
 from uow._database import Database, forget_savepoint_end, get_default_database, savepoint_end, track_savepoint_ends
 from uow._timeout import Deadline, watch_owner_async, watch_owner_sync
 from uow.errors import (
@@ -57,6 +58,9 @@ from uow.errors import (
     PropagationError,
     RollbackOnlyError,
 )
+
+if TYPE_CHECKING:
+    from uow._observe import Observer, UnitRecord
 
 __all__ = [
     "Frame",
@@ -138,6 +142,7 @@ class Transaction:
         "inside",
         "is_async",
         "isolation_level",
+        "observed",
         "owned",
         "read_only",
         "root",
@@ -176,6 +181,8 @@ class Transaction:
         # Ended while a joined unit was in a statement on the session: the last of those to leave closes it.
         self.abandoned = False
         self.deadline: Deadline | None = None  # the owning unit's timeout= (see uow._timeout)
+        # The owning unit's record when something watches units (uow.otel, uow.logs): see `_observe`.
+        self.observed: UnitRecord | None = None
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -263,12 +270,17 @@ class Transaction:
         if _flush_failed(session):
             self._roll_back_sync(session, None)
             raise _flush_failed_error(self)
+        observed = self.observed
+        if observed is not None:
+            observed.committing()
         try:
             interrupt = _commit_sync(session)
         except BaseException as failure:
             # The commit failed: that failure is what the caller sees, not a close error.
             _close_preserving_sync(session, failure)
             raise
+        if observed is not None:
+            observed.committed()
         interrupt = _close_after_commit_sync(session) or interrupt
         self.run_hooks_sync()
         if interrupt is not None:
@@ -352,12 +364,17 @@ class Transaction:
         if _flush_failed(session.sync_session):
             await self._roll_back_async(session, None)
             raise _flush_failed_error(self)
+        observed = self.observed
+        if observed is not None:
+            observed.committing()
         try:
             interrupt = await _commit_async(session)
         except BaseException as failure:
             # The commit failed: that failure is what the caller sees, not a close error.
             await _close_preserving_async(session, failure)
             raise
+        if observed is not None:
+            observed.committed()
         return True, await _close_after_commit_async(session) or interrupt
 
     async def _roll_back_async(self, session: AsyncSession, exc: BaseException | None) -> None:
@@ -873,7 +890,8 @@ def enter_sync(
         tx = Transaction(database, read_only=spec.read_only, isolation_level=spec.isolation_level, what=spec.what)
         if spec.timeout is not None:
             tx.deadline = Deadline(spec.what, spec.timeout, owner=True)
-        opened = tx.open_sync()
+        observer = _observe.observer  # None unless uow.otel / uow.logs watch units
+        opened = tx.open_sync() if observer is None else _open_observed_sync(observer, tx, spec)
         token = _current.set(Frame(database, tx, tx.root, _current.get()))
         return ActiveUnit(kind, tx, tx.root, token), opened
     if kind is Kind.SAVEPOINT:
@@ -930,7 +948,8 @@ async def enter_async(
         tx = Transaction(database, read_only=spec.read_only, isolation_level=spec.isolation_level, what=spec.what)
         if spec.timeout is not None:
             tx.deadline = Deadline(spec.what, spec.timeout, owner=True)
-        opened = await tx.open_async()
+        observer = _observe.observer  # None unless uow.otel / uow.logs watch units
+        opened = await tx.open_async() if observer is None else await _open_observed_async(observer, tx, spec)
         token = _current.set(Frame(database, tx, tx.root, _current.get()))
         return ActiveUnit(kind, tx, tx.root, token), opened
     if kind is Kind.SAVEPOINT:
@@ -972,7 +991,11 @@ def exit_sync(unit: ActiveUnit, exc: BaseException | None) -> None:
         return
     if kind is Kind.BEGIN:
         # Owner: commit or roll back, close, run hooks.
-        unit.transaction.finish_sync(exc)
+        tx = unit.transaction
+        if tx.observed is None:
+            tx.finish_sync(exc)
+        else:
+            tx.observed.finish_sync(tx.finish_sync, exc)
         return
     if kind is Kind.SAVEPOINT:
         _exit_savepoint_sync(unit, exc)
@@ -997,13 +1020,47 @@ async def exit_async(unit: ActiveUnit, exc: BaseException | None) -> None:
         return
     if kind is Kind.BEGIN:
         # Owner: commit or roll back, close, run hooks.
-        await unit.transaction.finish_async(exc)
+        tx = unit.transaction
+        if tx.observed is None:
+            await tx.finish_async(exc)
+        else:
+            await tx.observed.finish_async(tx.finish_async, exc)
         return
     if kind is Kind.SAVEPOINT:
         await _exit_savepoint_async(unit, exc)
         return
     # External: the caller's session, the caller's commit.
     _exit_external(unit, exc)
+
+
+def _observe_unit(observer: Observer, tx: Transaction, spec: UnitSpec) -> UnitRecord:
+    """Give an owning unit its record (`uow._observe`) before it opens, so what opening runs is part of it."""
+    record = tx.observed = observer.unit_began(
+        function=spec.what,
+        database=tx.database,
+        propagation=spec.propagation.value,
+        read_only=spec.read_only,
+        isolation_level=spec.isolation_level,
+    )
+    return record
+
+
+def _open_observed_sync(observer: Observer, tx: Transaction, spec: UnitSpec) -> Session:
+    record = _observe_unit(observer, tx, spec)
+    try:
+        return tx.open_sync()
+    except BaseException as failure:
+        record.failed(failure)
+        raise
+
+
+async def _open_observed_async(observer: Observer, tx: Transaction, spec: UnitSpec) -> AsyncSession:
+    record = _observe_unit(observer, tx, spec)
+    try:
+        return await tx.open_async()
+    except BaseException as failure:
+        record.failed(failure)
+        raise
 
 
 def _pop_foreign_frame(unit: ActiveUnit) -> None:

@@ -6,6 +6,7 @@ __all__ = [
     "ConfigurationError",
     "DatabaseUnavailable",
     "InjectionError",
+    "MissingDependencyError",
     "NoActiveUnitOfWork",
     "OwnershipError",
     "PropagationError",
@@ -25,6 +26,10 @@ class ConfigurationError(UowError):
 
 class InjectionError(UowError, TypeError):
     """A service cannot be matched to a parameter, or a parameter cannot be satisfied."""
+
+
+class MissingDependencyError(ConfigurationError, ImportError):
+    """An optional part of uow was imported without the package it needs; the message names the extra."""
 
 
 class NoActiveUnitOfWork(UowError):
