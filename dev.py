@@ -4,9 +4,12 @@
     python3 dev.py demo     # a tour on an SQLite file: a job, a CLI command, a route handler
     python3 dev.py test     # the whole test suite
     python3 dev.py bench    # the benchmarks (benchmarks/README.md); --quick for a fast pass
+    python3 dev.py lint     # ruff, mypy --strict, pyright
 
 Each makes (or reuses) a virtual environment in .venv (UOW_VENV to put it elsewhere),
-installs what it needs into it, and runs. Arguments after ``test`` go to pytest.
+installs what it needs into it (uow with the extras of the frameworks and drivers it uses,
+and our development tools from pyproject.toml's PEP 735 dependency groups, after upgrading
+pip to a version that installs those), and runs. Arguments after ``test`` go to pytest.
 """
 
 from __future__ import annotations
@@ -18,36 +21,64 @@ import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-# The test suite smoke-runs the benchmarks, so it installs their extra (which includes test and integrations).
-EXTRAS = {"demo": "demo", "test": "bench", "lint": "bench,lint", "bench": "bench"}
+# The user-facing extras of pyproject.toml (tests/test_packaging.py checks these lists against it).
+FRAMEWORKS = (
+    "litestar",
+    "fastapi",
+    "starlette",
+    "flask",
+    "click",
+    "typer",
+    "saq",
+    "arq",
+    "celery",
+    "apscheduler",
+    "advanced-alchemy",
+    "sqlmodel",
+)
+DRIVERS = ("aiosqlite", "asyncpg", "psycopg", "psycopg2", "pymysql", "aiomysql", "asyncmy")
+# What each command installs: uow with these extras, plus these PEP 735 dependency groups (our
+# development tools, which no extra carries). The suite smoke-runs the benchmarks, so "test"
+# includes the "bench" group.
+SETUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "demo": (("aiosqlite", "click", "starlette"), ("demo",)),
+    "test": ((*FRAMEWORKS, *DRIVERS), ("test",)),
+    "lint": ((*FRAMEWORKS, *DRIVERS), ("test", "lint")),
+    "bench": ((*FRAMEWORKS, *DRIVERS), ("bench",)),
+}
+# pip installs dependency groups (--group) from 25.1 on.
+PIP_FOR_GROUPS = "pip>=25.1"
 
 
-def ensure_venv(extras: str) -> Path:
-    """The virtual environment's python, with uow and `extras` installed (once per set of extras)."""
+def ensure_venv(command: str) -> Path:
+    """The virtual environment's python, with what `command` needs installed (once per command and pyproject.toml)."""
     if sys.version_info < (3, 10):
         sys.exit(f"uow needs Python 3.10 or newer; this is {sys.version.split()[0]}")
+    extras, groups = SETUPS[command]
     where = Path(os.environ.get("UOW_VENV", ROOT / ".venv"))
     python = where / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     if not python.exists():
         print(f"creating virtual environment in {where}", flush=True)
         venv.EnvBuilder(with_pip=True, clear=True).create(where)
-    marker = where / f".uow-installed-{extras.replace(',', '-')}"
+    marker = where / f".uow-installed-{command}"
     stamp = str((ROOT / "pyproject.toml").stat().st_mtime_ns)
     if not marker.exists() or marker.read_text() != stamp:
-        print(f"installing uow[{extras}] into {where}", flush=True)
+        print(f"installing uow[{','.join(extras)}] and the groups {', '.join(groups)} into {where}", flush=True)
         pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-        subprocess.run([*pip, "--upgrade", "pip"], check=True)
-        subprocess.run([*pip, "-e", f"{ROOT}[{extras}]"], check=True)
+        subprocess.run([*pip, "--upgrade", PIP_FOR_GROUPS], check=True)
+        # --group reads the pyproject.toml of the working directory: ours.
+        group_args = [arg for group in groups for arg in ("--group", group)]
+        subprocess.run([*pip, "-e", f".[{','.join(extras)}]", *group_args], check=True, cwd=ROOT)
         marker.write_text(stamp)
     return python
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in EXTRAS:
+    if not argv or argv[0] not in SETUPS:
         print(__doc__)
         return 2
     command, rest = argv[0], argv[1:]
-    python = str(ensure_venv(EXTRAS[command]))
+    python = str(ensure_venv(command))
     if command == "demo":
         return subprocess.call([python, str(ROOT / "examples" / "demo.py"), *rest], cwd=ROOT)
     if command == "test":

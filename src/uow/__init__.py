@@ -14,6 +14,7 @@ from uow._unit import Propagation, current_session, current_session_async, on_co
 from uow.errors import (
     ConfigurationError,
     InjectionError,
+    MissingDependencyError,
     NoActiveUnitOfWork,
     OwnershipError,
     PropagationError,
@@ -25,6 +26,7 @@ __all__ = [
     "ConfigurationError",
     "Database",
     "InjectionError",
+    "MissingDependencyError",
     "NoActiveUnitOfWork",
     "OwnershipError",
     "Propagation",

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigurationError",
     "InjectionError",
+    "MissingDependencyError",
     "NoActiveUnitOfWork",
     "OwnershipError",
     "PropagationError",
@@ -23,6 +24,10 @@ class ConfigurationError(UowError):
 
 class InjectionError(UowError, TypeError):
     """A service cannot be matched to a parameter, or a parameter cannot be satisfied."""
+
+
+class MissingDependencyError(UowError, ImportError):
+    """An integration module was imported without the package it integrates; the message names the extra to install."""
 
 
 class NoActiveUnitOfWork(UowError):

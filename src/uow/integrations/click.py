@@ -17,5 +17,10 @@ code 0: return from the command to commit.
 from __future__ import annotations
 
 from uow.integrations._cli import run_async
+from uow.integrations._require import requires
+
+# run_async itself needs no click; the import makes a missing click a clear error here, not later.
+with requires("click", "click", "click"):
+    import click  # noqa: F401
 
 __all__ = ["run_async"]

@@ -17,11 +17,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-from fastapi import Depends, Request
-
 from uow._decorators import ServiceSpec
 from uow.integrations._request import dependency_name, request_service
-from uow.integrations.starlette import UnitOfWorkMiddleware
+from uow.integrations._require import requires
+
+with requires("fastapi", "FastAPI", "fastapi", "starlette", "anyio"):
+    from fastapi import Depends, Request
+
+    from uow.integrations.starlette import UnitOfWorkMiddleware
 
 __all__ = ["Service", "UnitOfWorkMiddleware", "service"]
 

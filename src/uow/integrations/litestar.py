@@ -21,17 +21,20 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
 
-from litestar import Litestar, Request
-from litestar.config.app import AppConfig
-from litestar.di import Provide
-from litestar.middleware import DefineMiddleware
-from litestar.plugins import InitPlugin
-
 from uow._database import Database
 from uow._decorators import ServiceSpec
 from uow.errors import ConfigurationError
-from uow.integrations._asgi import RequestSession, Scope, UnitOfWorkMiddleware
 from uow.integrations._request import dependency_name, request_service
+from uow.integrations._require import requires
+
+with requires("litestar", "Litestar", "litestar", "anyio"):
+    from litestar import Litestar, Request
+    from litestar.config.app import AppConfig
+    from litestar.di import Provide
+    from litestar.middleware import DefineMiddleware
+    from litestar.plugins import InitPlugin
+
+    from uow.integrations._asgi import RequestSession, Scope, UnitOfWorkMiddleware
 
 if TYPE_CHECKING:
     from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig, SQLAlchemySyncConfig

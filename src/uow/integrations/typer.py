@@ -16,5 +16,10 @@ exception from the command rolls its unit back and typer exits non-zero; so does
 from __future__ import annotations
 
 from uow.integrations._cli import run_async
+from uow.integrations._require import requires
+
+# run_async itself needs no typer; the import makes a missing typer a clear error here, not later.
+with requires("typer", "typer", "typer"):
+    import typer  # noqa: F401
 
 __all__ = ["run_async"]
