@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import sys
@@ -134,7 +135,8 @@ class PeriodicSweeper:
 
     def delay(self) -> float:
         """The wait before the next tick: the interval, doubled per failure in a row, at most `max_backoff`."""
-        return min(self.interval * 2**self.state.consecutive_failures, self.max_backoff)
+        backoff: float = self.interval * 2.0**self.state.consecutive_failures
+        return min(backoff, self.max_backoff)
 
     async def run(self, ticks: int | None = None, on_tick: Callable[[int | None], None] | None = None) -> None:
         """Tick until `stop()` is called, or `ticks` times. Cancellation during a tick rolls that tick back."""
@@ -144,10 +146,8 @@ class PeriodicSweeper:
                 on_tick(expired)
             if ticks is not None and self.state.ticks >= ticks:
                 break
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):  # the interval passed without a stop()
                 await asyncio.wait_for(self._stop.wait(), timeout=self.delay())
-            except asyncio.TimeoutError:
-                pass
 
     def stop(self) -> None:
         self._stop.set()
@@ -181,7 +181,7 @@ async def seed(database: uow.Database, expired: int, later: int) -> None:
 
 
 async def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description="A periodic background service, one unit of work per tick.")
     parser.add_argument("--url", default="sqlite+aiosqlite:///periodic_service.sqlite3")
     parser.add_argument("--ticks", type=int, default=5)
     parser.add_argument("--interval", type=float, default=0.2)

@@ -50,7 +50,12 @@ def test_the_program_runs_bounded_and_reports_health(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     command = [sys.executable, str(SCRIPT), "--url", f"sqlite+aiosqlite:///{database}", "--interval", "0.01"]
     result = subprocess.run(
-        [*command, "--ticks", "4", "--fail-every", "2"], capture_output=True, text=True, env=env, timeout=60, check=False
+        [*command, "--ticks", "4", "--fail-every", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 1, result.stderr  # the last tick failed: health is "degraded"
     lines = result.stdout.splitlines()

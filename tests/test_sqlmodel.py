@@ -169,7 +169,9 @@ def test_a_plain_database_refuses_a_sqlmodel_session_at_decoration(backend: Back
         database.dispose()
 
 
-async def test_an_async_unit_with_sqlmodels_async_session(async_heroes_db: uow.Database, heroes_db: uow.Database) -> None:
+async def test_an_async_unit_with_sqlmodels_async_session(
+    async_heroes_db: uow.Database, heroes_db: uow.Database
+) -> None:
     @uow.with_services(AsyncHeroService, database=async_heroes_db)
     async def recruit(heroes: AsyncHeroService, session: AsyncSession, name: str) -> Hero:
         assert isinstance(session, AsyncSession) and session is heroes.session

@@ -73,7 +73,9 @@ def async_app(web: Web, *, plugins: list[Any] | None = None) -> Litestar:
         dependencies={"tags": provide_service(AsyncTagService)},
     )
     @uow.with_services(AsyncItemService)
-    async def shared(items: AsyncItemService, tags: NamedDependency[AsyncTagService], request: Request[Any, Any, Any]) -> dict[str, Any]:
+    async def shared(
+        items: AsyncItemService, tags: NamedDependency[AsyncTagService], request: Request[Any, Any, Any]
+    ) -> dict[str, Any]:
         sessions["handler"] = id(items.session)
         sessions["dependency"] = id(tags.session)
         sessions["current"] = id(await uow.current_session_async())

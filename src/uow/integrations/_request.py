@@ -169,9 +169,10 @@ class DependencyCache:
             found: T | None = self._made.get(factory)
         except TypeError:  # unhashable: nothing to key it by
             return make()
-        if found is None:
-            found = self._made.setdefault(factory, make())
-        return found
+        if found is not None:
+            return found
+        made: T = self._made.setdefault(factory, make())
+        return made
 
 
 def dependency_name(factory: object) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Generator
 
 from uow.errors import MissingDependencyError
 
@@ -11,7 +11,7 @@ __all__ = ["requires"]
 
 
 @contextlib.contextmanager
-def requires(integration: str, display: str, *packages: str) -> Iterator[None]:
+def requires(integration: str, display: str, *packages: str) -> Generator[None, None, None]:
     """Turn a failed import of one of `packages` inside the block into `MissingDependencyError`.
 
     The message names the extra ``uow[<integration>]``, which installs `display` and with it

@@ -21,6 +21,6 @@ from uow.integrations._require import requires
 
 # run_async itself needs no click; the import makes a missing click a clear error here, not later.
 with requires("click", "click", "click"):
-    import click  # noqa: F401
+    import click  # noqa: F401  # pyright: ignore[reportUnusedImport]
 
 __all__ = ["run_async"]

@@ -20,6 +20,6 @@ from uow.integrations._require import requires
 
 # run_async itself needs no typer; the import makes a missing typer a clear error here, not later.
 with requires("typer", "typer", "typer"):
-    import typer  # noqa: F401
+    import typer  # noqa: F401  # pyright: ignore[reportUnusedImport]
 
 __all__ = ["run_async"]
