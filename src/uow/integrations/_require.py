@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from collections.abc import Generator
 
 from uow.errors import MissingDependencyError
 
-__all__ = ["requires"]
+__all__ = ["installed", "requires"]
+
+
+def _missing(integration: str, display: str, name: str) -> MissingDependencyError:
+    return MissingDependencyError(
+        f"uow.integrations.{integration} needs {display}: pip install 'uow[{integration}]'", name=name
+    )
 
 
 @contextlib.contextmanager
@@ -23,6 +30,14 @@ def requires(integration: str, display: str, *packages: str) -> Generator[None, 
     except ModuleNotFoundError as error:
         if error.name not in packages:
             raise
-        raise MissingDependencyError(
-            f"uow.integrations.{integration} needs {display}: pip install 'uow[{integration}]'", name=error.name
-        ) from error
+        raise _missing(integration, display, error.name) from error
+
+
+def installed(integration: str, display: str, package: str) -> None:
+    """Raise `MissingDependencyError` unless `package` can be imported, without importing it.
+
+    For the integrations that need nothing of their framework at import time (click, typer):
+    importing them stays free of the framework, and a missing one is still a clear error.
+    """
+    if importlib.util.find_spec(package) is None:
+        raise _missing(integration, display, package)

@@ -17,10 +17,9 @@ code 0: return from the command to commit.
 from __future__ import annotations
 
 from uow.integrations._cli import run_async
-from uow.integrations._require import requires
+from uow.integrations._require import installed
 
-# run_async itself needs no click; the import makes a missing click a clear error here, not later.
-with requires("click", "click", "click"):
-    import click  # noqa: F401  # pyright: ignore[reportUnusedImport]
+# run_async needs nothing of click, so click is not imported here; a missing click is still a clear error.
+installed("click", "click", "click")
 
 __all__ = ["run_async"]
