@@ -4,10 +4,13 @@
     python3 dev.py demo     # a tour on an SQLite file: a job, a CLI command, a route handler
     python3 dev.py test     # the whole test suite
     python3 dev.py bench    # the benchmarks (benchmarks/README.md); --quick for a fast pass
+    python3 dev.py lint     # ruff, mypy --strict, pyright
     python3 dev.py docs     # the documentation site, built --strict into site/; --serve to serve it
 
 Each makes (or reuses) a virtual environment in .venv (UOW_VENV to put it elsewhere),
-installs what it needs into it, and runs. Arguments after ``test`` go to pytest.
+installs what it needs into it (uow with the extras of the frameworks and drivers it uses,
+and our development tools from pyproject.toml's PEP 735 dependency groups, after upgrading
+pip to a version that installs those), and runs. Arguments after ``test`` go to pytest.
 """
 
 from __future__ import annotations
@@ -19,43 +22,66 @@ import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-# The test suite smoke-runs the benchmarks, so it installs their extra (which includes test and integrations).
-EXTRAS = {"demo": "demo", "test": "bench", "lint": "bench,lint", "bench": "bench", "docs": ""}
-# PEP 735 dependency groups of pyproject.toml installed on top (pip >= 25.1, which ensure_venv upgrades to).
-GROUPS = {"docs": ["docs"]}
+# The user-facing extras of pyproject.toml (tests/test_packaging.py checks these lists against it).
+FRAMEWORKS = (
+    "litestar",
+    "fastapi",
+    "starlette",
+    "flask",
+    "click",
+    "typer",
+    "saq",
+    "arq",
+    "celery",
+    "apscheduler",
+    "advanced-alchemy",
+    "sqlmodel",
+)
+DRIVERS = ("aiosqlite", "asyncpg", "psycopg", "psycopg2", "pymysql", "aiomysql", "asyncmy")
+# What each command installs: uow with these extras, plus these PEP 735 dependency groups (our
+# development tools, which no extra carries). The suite smoke-runs the benchmarks, so "test"
+# includes the "bench" group.
+SETUPS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "demo": (("aiosqlite", "click", "starlette"), ("demo",)),
+    "test": ((*FRAMEWORKS, *DRIVERS), ("test",)),
+    "lint": ((*FRAMEWORKS, *DRIVERS), ("test", "lint")),
+    "bench": ((*FRAMEWORKS, *DRIVERS), ("bench",)),
+    "docs": ((), ("docs",)),
+}
+# pip installs dependency groups (--group) from 25.1 on.
+PIP_FOR_GROUPS = "pip>=25.1"
 
 
-def ensure_venv(extras: str, groups: list[str] | None = None) -> Path:
-    """The virtual environment's python, with uow, `extras` and dependency `groups` installed (once per set)."""
+def ensure_venv(command: str) -> Path:
+    """The virtual environment's python, with what `command` needs installed (once per command and pyproject.toml)."""
     if sys.version_info < (3, 10):
         sys.exit(f"uow needs Python 3.10 or newer; this is {sys.version.split()[0]}")
+    extras, groups = SETUPS[command]
     where = Path(os.environ.get("UOW_VENV", ROOT / ".venv"))
     python = where / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
     if not python.exists():
         print(f"creating virtual environment in {where}", flush=True)
         venv.EnvBuilder(with_pip=True, clear=True).create(where)
-    groups = groups or []
-    wanted = "-".join([extras.replace(",", "-"), *(f"group-{group}" for group in groups)]).strip("-") or "core"
-    marker = where / f".uow-installed-{wanted}"
+    marker = where / f".uow-installed-{command}"
     stamp = str((ROOT / "pyproject.toml").stat().st_mtime_ns)
     if not marker.exists() or marker.read_text() != stamp:
-        what = " ".join([f"uow[{extras}]" if extras else "uow", *(f"--group {group}" for group in groups)])
-        print(f"installing {what} into {where}", flush=True)
+        target = f".[{','.join(extras)}]" if extras else "."
+        print(f"installing uow{target[1:]} and the groups {', '.join(groups)} into {where}", flush=True)
         pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-        subprocess.run([*pip, "--upgrade", "pip"], check=True)
-        target = f"{ROOT}[{extras}]" if extras else str(ROOT)
-        # `--group NAME` reads ./pyproject.toml, hence cwd=ROOT.
-        subprocess.run([*pip, "-e", target, *(f"--group={group}" for group in groups)], check=True, cwd=ROOT)
+        subprocess.run([*pip, "--upgrade", PIP_FOR_GROUPS], check=True)
+        # --group reads the pyproject.toml of the working directory: ours.
+        group_args = [arg for group in groups for arg in ("--group", group)]
+        subprocess.run([*pip, "-e", target, *group_args], check=True, cwd=ROOT)
         marker.write_text(stamp)
     return python
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in EXTRAS:
+    if not argv or argv[0] not in SETUPS:
         print(__doc__)
         return 2
     command, rest = argv[0], argv[1:]
-    python = str(ensure_venv(EXTRAS[command], GROUPS.get(command)))
+    python = str(ensure_venv(command))
     if command == "demo":
         return subprocess.call([python, str(ROOT / "examples" / "demo.py"), *rest], cwd=ROOT)
     if command == "test":

@@ -17,7 +17,8 @@ from dishka import FromDishka, Provider, Scope, make_async_container
 from dishka.integrations import fastapi as dishka_fastapi
 from fastapi import Depends, FastAPI
 from litestar import Litestar, post
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromQuery
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from benchmarks.common import AsyncItems, aiosqlite_engine, async_factory, clear_async
@@ -94,7 +95,7 @@ def fastapi_dishka(factory: Factory, db: Database) -> FastAPI:
 
 def litestar_by_hand(factory: Factory, db: Database) -> Litestar:
     @post("/items", status_code=200)
-    async def create(name: str) -> dict[str, int]:
+    async def create(name: FromQuery[str]) -> dict[str, int]:
         async with factory() as session:
             item = AsyncItems(session).add(name)
             await session.commit()
@@ -106,7 +107,7 @@ def litestar_by_hand(factory: Factory, db: Database) -> Litestar:
 def litestar_with_services(factory: Factory, db: Database) -> Litestar:
     @post("/items", status_code=200)
     @with_services(AsyncItems, database=db)
-    async def create(name: str, items: AsyncItems) -> dict[str, int]:
+    async def create(name: FromQuery[str], items: AsyncItems) -> dict[str, int]:
         item = items.add(name)
         await items.session.flush()
         return {"id": item.id}
@@ -120,7 +121,7 @@ def litestar_provide(factory: Factory, db: Database) -> Litestar:
             yield AsyncItems(session)
 
     @post("/items", status_code=200, dependencies={"items": Provide(provide_items)})
-    async def create(name: str, items: AsyncItems) -> dict[str, int]:
+    async def create(name: FromQuery[str], items: NamedDependency[AsyncItems]) -> dict[str, int]:
         item = items.add(name)
         await items.session.commit()
         return {"id": item.id}

@@ -606,11 +606,11 @@ def test_a_partial_configures_an_advanced_alchemy_service_per_use(roles_db: uow.
 
     @with_services(functools.partial(SyncRoleService, statement=ADMINS), database=roles_db)
     def admins(roles: SyncRoleService) -> list[str]:
-        return sorted(role.name for role in roles.list())
+        return sorted(role.name for role in roles.get_many())
 
     @with_services(create_service_provider(SyncRoleService, statement=ADMINS), database=roles_db)
     def admins_from_provider(roles: SyncRoleService) -> list[str]:
-        return sorted(role.name for role in roles.list())
+        return sorted(role.name for role in roles.get_many())
 
     seed()
     assert admins() == ["admin-1", "admin-2"]
@@ -624,11 +624,11 @@ async def test_create_service_provider_configures_a_service_per_use(async_roles_
 
     @with_services(create_service_provider(RoleService, statement=ADMINS), database=async_roles_db)
     async def admins(roles: RoleService) -> list[str]:
-        return [role.name for role in await roles.list()]
+        return [role.name for role in await roles.get_many()]
 
     @with_services(functools.partial(RoleService, statement=ADMINS), database=async_roles_db)
     async def admins_from_partial(roles: RoleService) -> list[str]:
-        return [role.name for role in await roles.list()]
+        return [role.name for role in await roles.get_many()]
 
     await seed()
     assert await admins() == ["admin-1"]

@@ -29,7 +29,7 @@ class InjectionError(UowError, TypeError):
 
 
 class MissingDependencyError(ConfigurationError, ImportError):
-    """An optional part of uow was imported without the package it needs; the message names the extra."""
+    """An optional part of uow (an integration, `uow.otel`) was imported without the package it needs; the message names the extra to install."""
 
 
 class NoActiveUnitOfWork(UowError):

@@ -17,7 +17,7 @@ import pytest
 from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig, SQLAlchemyPlugin, SQLAlchemySyncConfig
 from litestar import Litestar, Request, post
 from litestar.connection import ASGIConnection
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotAuthorizedException
 from litestar.handlers import BaseRouteHandler
 from litestar.params import FromQuery
@@ -118,7 +118,7 @@ def async_app(web: Web, config: SQLAlchemyAsyncConfig, record: Record) -> Litest
     ) -> None:
         sessions["decorated_guard"] = id(items.session)
 
-    async def advanced_alchemys_session(db_session: AsyncSession) -> int:
+    async def advanced_alchemys_session(db_session: NamedDependency[AsyncSession]) -> int:
         return id(db_session)
 
     @post(
@@ -129,9 +129,9 @@ def async_app(web: Web, config: SQLAlchemyAsyncConfig, record: Record) -> Litest
     @uow.with_services(AsyncItemService)
     async def shared(
         items: AsyncItemService,
-        tags: AsyncTagService,
-        db_session: AsyncSession,
-        aa_session: int,
+        tags: NamedDependency[AsyncTagService],
+        db_session: NamedDependency[AsyncSession],
+        aa_session: NamedDependency[int],
         request: Request[Any, Any, Any],
     ) -> dict[str, str]:
         item: Item = request.state.item
@@ -150,7 +150,7 @@ def async_app(web: Web, config: SQLAlchemyAsyncConfig, record: Record) -> Litest
         return {"ok": "yes"}
 
     @post("/swallowed")
-    async def swallowed(db_session: AsyncSession) -> dict[str, str]:
+    async def swallowed(db_session: NamedDependency[AsyncSession]) -> dict[str, str]:
         db_session.add(Item(name="outer"))
         uow.on_commit(record.hook)
         try:
@@ -266,7 +266,7 @@ def sync_app(web: Web, config: SQLAlchemySyncConfig, record: Record) -> Litestar
     ) -> None:
         sessions["decorated_guard"] = id(items.session)
 
-    def advanced_alchemys_session(db_session: Session) -> int:
+    def advanced_alchemys_session(db_session: NamedDependency[Session]) -> int:
         return id(db_session)
 
     @post(
@@ -280,7 +280,11 @@ def sync_app(web: Web, config: SQLAlchemySyncConfig, record: Record) -> Litestar
     )
     @uow.with_services(ItemService)
     def shared(
-        items: ItemService, tags: TagService, db_session: Session, aa_session: int, request: Request[Any, Any, Any]
+        items: ItemService,
+        tags: NamedDependency[TagService],
+        db_session: NamedDependency[Session],
+        aa_session: NamedDependency[int],
+        request: Request[Any, Any, Any],
     ) -> dict[str, str]:
         item: Item = request.state.item
         item.name = "renamed-in-handler"
@@ -296,7 +300,7 @@ def sync_app(web: Web, config: SQLAlchemySyncConfig, record: Record) -> Litestar
         return {"ok": "yes"}
 
     @post("/swallowed", sync_to_thread=True)
-    def swallowed(db_session: Session) -> dict[str, str]:
+    def swallowed(db_session: NamedDependency[Session]) -> dict[str, str]:
         db_session.add(Item(name="outer"))
         uow.on_commit(record.hook)
         try:
@@ -371,7 +375,7 @@ def jwt_app(web: Web, config: SQLAlchemyAsyncConfig) -> tuple[Litestar, JWTAuth[
 
     @post("/me/rename")
     async def rename(
-        request: Request[Item, Token, Any], db_session: AsyncSession, name: FromQuery[str]
+        request: Request[Item, Token, Any], db_session: NamedDependency[AsyncSession], name: FromQuery[str]
     ) -> dict[str, bool]:
         user = request.user
         user.name = name

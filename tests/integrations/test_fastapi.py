@@ -171,3 +171,49 @@ def test_postgres_sync_unit(web_postgres: Web) -> None:
         assert client.post("/items/orphan", params={"orphan": "true"}).status_code == 500
     assert web_postgres.names() == ["pg"]
     assert web_postgres.checked_out == 0
+
+
+def test_service_is_the_same_dependency_for_the_same_factory() -> None:
+    assert service(AsyncItemService) is service(AsyncItemService)
+    assert service(AsyncItemService) is not service(AsyncTagService)
+    assert Service(AsyncItemService).dependency is service(AsyncItemService)
+
+
+class FakeItemService:
+    """A test double for AsyncItemService: no database."""
+
+    async def count(self) -> int:
+        return 42
+
+
+def test_dependency_overrides_replace_a_service(web_async_sqlite: Web) -> None:
+    # FastAPI's "Testing Dependencies with Overrides": key dependency_overrides by the declared dependency.
+    app = async_app(web_async_sqlite)
+    client = TestClient(app)
+    app.dependency_overrides[service(AsyncItemService)] = FakeItemService
+    assert client.get("/count").json() == {"count": 42}
+    assert web_async_sqlite.checkouts == 0  # the fake never touched the database
+
+    app.dependency_overrides = {}
+    assert client.get("/count").json() == {"count": 0}
+    assert web_async_sqlite.checked_out == 0
+
+
+def test_dependency_overrides_replace_a_service_given_with_the_shorthand(web_async_sqlite: Web) -> None:
+    # create() asks for tags through Service(AsyncTagService); override it by service(AsyncTagService).
+    tagged: list[str] = []
+
+    class FakeTags:
+        async def tag(self, item: object, label: str) -> None:
+            tagged.append(label)
+
+        session = None
+
+    app = async_app(web_async_sqlite)
+    app.dependency_overrides[service(AsyncTagService)] = FakeTags
+    with TestClient(app) as client:
+        response = client.post("/groups/1/items", json={"name": "a", "tags": ["x"]})
+    assert response.status_code == 201, response.text
+    assert response.json()["same_session"] is False  # the fake has no session of the unit
+    assert tagged == ["x"]
+    assert web_async_sqlite.names() == ["1-a"]

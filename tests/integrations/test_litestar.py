@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import anyio
@@ -11,13 +12,13 @@ from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from litestar import Controller, Litestar, Request, Response, get, post
 from litestar.connection import ASGIConnection
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotAuthorizedException, NotFoundException
 from litestar.handlers import BaseRouteHandler
-from litestar.middleware import AbstractMiddleware
+from litestar.middleware import ASGIMiddleware
 from litestar.params import FromPath, FromQuery
 from litestar.testing import AsyncTestClient, TestClient
-from litestar.types import Receive, Scope, Send
+from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -72,7 +73,9 @@ def async_app(web: Web, *, plugins: list[Any] | None = None) -> Litestar:
         dependencies={"tags": provide_service(AsyncTagService)},
     )
     @uow.with_services(AsyncItemService)
-    async def shared(items: AsyncItemService, tags: AsyncTagService, request: Request[Any, Any, Any]) -> dict[str, Any]:
+    async def shared(
+        items: AsyncItemService, tags: NamedDependency[AsyncTagService], request: Request[Any, Any, Any]
+    ) -> dict[str, Any]:
         sessions["handler"] = id(items.session)
         sessions["dependency"] = id(tags.session)
         sessions["current"] = id(await uow.current_session_async())
@@ -216,7 +219,7 @@ def test_sync_handler_with_sync_database(web_sqlite: Web) -> None:
         return {"session": id(items.session), "current": id(uow.current_session())}
 
     @get("/sync-dependency", sync_to_thread=True, dependencies={"items": provide_service(ItemService)})
-    def count(items: ItemService) -> dict[str, int]:
+    def count(items: NamedDependency[ItemService]) -> dict[str, int]:
         return {"count": items.count()}
 
     app = Litestar([create, count], plugins=[UnitOfWorkPlugin(web_sqlite.db)])
@@ -245,7 +248,7 @@ def test_configured_default_database(web_async_sqlite: Web) -> None:
 
 def test_provide_service_without_plugin_says_what_to_install(web_async_sqlite: Web) -> None:
     @get("/no-plugin", dependencies={"items": provide_service(AsyncItemService)})
-    async def handler(items: AsyncItemService) -> None:
+    async def handler(items: NamedDependency[AsyncItemService]) -> None:
         raise AssertionError("not reached")
 
     with TestClient(Litestar([handler], debug=True)) as client:
@@ -262,7 +265,7 @@ def test_linked_to_advanced_alchemy_plugin(web_async_sqlite: Web) -> None:
     )
 
     @post("/alchemy/{name:str}")
-    async def alchemy_create(db_session: AsyncSession, name: FromPath[str]) -> None:
+    async def alchemy_create(db_session: NamedDependency[AsyncSession], name: FromPath[str]) -> None:
         db_session.add(Item(name=name))
 
     @post("/ours/{name:str}")
@@ -273,7 +276,7 @@ def test_linked_to_advanced_alchemy_plugin(web_async_sqlite: Web) -> None:
 
     @get("/both")
     @uow.with_services(AsyncItemService)
-    async def both(items: AsyncItemService, db_session: AsyncSession) -> dict[str, list[str]]:
+    async def both(items: AsyncItemService, db_session: NamedDependency[AsyncSession]) -> dict[str, list[str]]:
         theirs = list((await db_session.scalars(select(Item.name).order_by(Item.name))).all())
         return {"ours": await items.names(), "theirs": theirs}
 
@@ -335,12 +338,12 @@ async def test_cancelled_request_rolls_back_and_returns_its_connection(web_async
 def test_app_middleware_runs_inside_the_request_unit(web_async_sqlite: Web) -> None:
     calls: list[int] = []
 
-    class AuditMiddleware(AbstractMiddleware):
-        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    class AuditMiddleware(ASGIMiddleware):
+        async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
             calls.append(1)
             async with uow.provide_services(AsyncItemService, connection=scope) as (items,):
                 await items.add(f"audit-{len(calls)}")
-            await self.app(scope, receive, send)
+            await next_app(scope, receive, send)
 
     @post("/audited")
     @uow.with_services(AsyncItemService)
@@ -349,7 +352,7 @@ def test_app_middleware_runs_inside_the_request_unit(web_async_sqlite: Web) -> N
         if fail:
             raise NotAuthorizedException("no")
 
-    app = Litestar([audited], middleware=[AuditMiddleware], plugins=[UnitOfWorkPlugin(web_async_sqlite.db)])
+    app = Litestar([audited], middleware=[AuditMiddleware()], plugins=[UnitOfWorkPlugin(web_async_sqlite.db)])
     with TestClient(app) as client:
         assert client.post("/audited").status_code == 201
         assert web_async_sqlite.names() == ["audit-1", "handler-1"]
@@ -391,3 +394,23 @@ def test_decorated_guard_without_the_plugin_owns_its_unit(web_async_sqlite: Web)
     assert sessions["guard"] != sessions["handler"]
     assert web_async_sqlite.names() == ["from-guard"]
     assert web_async_sqlite.commits == 1  # the guard's unit; the handler's touched no table
+
+
+def test_provide_service_is_the_same_provider_for_the_same_factory() -> None:
+    assert provide_service(AsyncItemService) is provide_service(AsyncItemService)
+    assert provide_service(AsyncItemService).dependency is provide_service(AsyncItemService).dependency
+    assert provide_service(AsyncItemService) is not provide_service(AsyncTagService)
+
+
+def test_explicit_dependencies_raise_no_deprecation(web_async_sqlite: Web) -> None:
+    # Litestar 2.23+ warns about a dependency matched by name without a marker (it stops working in 3.0).
+    @get("/explicit", dependencies={"items": provide_service(AsyncItemService)})
+    async def explicit(items: NamedDependency[AsyncItemService]) -> dict[str, int]:
+        return {"count": await items.count()}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        app = Litestar([explicit], plugins=[UnitOfWorkPlugin(web_async_sqlite.db)])
+        with TestClient(app) as client:
+            assert client.get("/explicit").json() == {"count": 0}
+    assert web_async_sqlite.checked_out == 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,6 +31,7 @@ from uow.errors import ConfigurationError
 
 __all__ = [
     "SCOPE_KEY",
+    "DependencyCache",
     "ErrorResponse",
     "NoResponse",
     "RequestUnit",
@@ -149,6 +150,29 @@ async def request_service(factory: ServiceSpec[T], request: Any, *, install: str
     else:
         with provide_services(factory, connection=request) as (built,):
             yield built
+
+
+class DependencyCache:
+    """One framework dependency per service factory, so ``service(UserService)`` is the same object every time.
+
+    Tests override a dependency by the object the application declared (FastAPI's
+    ``app.dependency_overrides[service(UserService)] = ...``), which only works when asking
+    again gives the same object. Factories are kept by equality (a bound method asked for twice
+    is two equal objects); an unhashable factory gets a new dependency each time.
+    """
+
+    def __init__(self) -> None:
+        self._made: dict[object, Any] = {}
+
+    def get(self, factory: object, make: Callable[[], T]) -> T:
+        try:
+            found: T | None = self._made.get(factory)
+        except TypeError:  # unhashable: nothing to key it by
+            return make()
+        if found is not None:
+            return found
+        made: T = self._made.setdefault(factory, make())
+        return made
 
 
 def dependency_name(factory: object) -> str:

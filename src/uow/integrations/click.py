@@ -17,5 +17,9 @@ code 0: return from the command to commit.
 from __future__ import annotations
 
 from uow.integrations._cli import run_async
+from uow.integrations._require import installed
+
+# run_async needs nothing of click, so click is not imported here; a missing click is still a clear error.
+installed("click", "click", "click")
 
 __all__ = ["run_async"]

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from flask import Flask, Response, current_app, g, request
-
 from uow._database import Database, resolve_database
 from uow.errors import ConfigurationError
 from uow.integrations._request import SCOPE_KEY, ErrorResponse, NoResponse, RequestUnit, adopted_unit
+from uow.integrations._require import requires
+
+with requires("flask", "Flask", "flask"):
+    from flask import Flask, Response, current_app, g, request
 
 if TYPE_CHECKING:
     from advanced_alchemy.extensions.flask import AdvancedAlchemy

@@ -21,17 +21,20 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
 
-from litestar import Litestar, Request
-from litestar.config.app import AppConfig
-from litestar.di import Provide
-from litestar.middleware import DefineMiddleware
-from litestar.plugins import InitPlugin
-
 from uow._database import Database
 from uow._decorators import ServiceSpec
 from uow.errors import ConfigurationError
-from uow.integrations._asgi import RequestSession, Scope, UnitOfWorkMiddleware
-from uow.integrations._request import dependency_name, request_service
+from uow.integrations._request import DependencyCache, dependency_name, request_service
+from uow.integrations._require import requires
+
+with requires("litestar", "Litestar", "litestar", "anyio"):
+    from litestar import Litestar, Request
+    from litestar.config.app import AppConfig
+    from litestar.di import Provide
+    from litestar.middleware import DefineMiddleware
+    from litestar.plugins import InitPlugin
+
+    from uow.integrations._asgi import RequestSession, Scope, UnitOfWorkMiddleware
 
 if TYPE_CHECKING:
     from advanced_alchemy.extensions.litestar import SQLAlchemyAsyncConfig, SQLAlchemySyncConfig
@@ -42,6 +45,7 @@ __all__ = ["UnitOfWorkMiddleware", "UnitOfWorkPlugin", "provide_service"]
 
 T = TypeVar("T")
 
+_PROVIDERS = DependencyCache()
 _INSTALL = "add the plugin first: Litestar(..., plugins=[uow.integrations.litestar.UnitOfWorkPlugin(db)])"
 
 UNLINKED = (
@@ -131,9 +135,14 @@ def _check_kind(config: Any, database: Database | None) -> None:
 def provide_service(factory: ServiceSpec[T], /) -> Provide:
     """A Litestar dependency handing out `factory`'s service, built on the request's unit.
 
-    ``dependencies={"users": provide_service(UserService)}``
+    ``dependencies={"users": provide_service(UserService)}``, and in the handler
+    ``users: NamedDependency[UserService]`` (``litestar.di.NamedDependency``, Litestar 2.23+), the
+    explicit marker Litestar 3 requires. The same factory gives the same `Provide` every time.
     """
+    return _PROVIDERS.get(factory, lambda: _provide(factory))
 
+
+def _provide(factory: ServiceSpec[T]) -> Provide:
     async def dependency(request: Request[Any, Any, Any]) -> AsyncGenerator[T, None]:
         async with request_service(factory, request, install=_INSTALL) as built:
             yield built

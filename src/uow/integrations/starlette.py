@@ -19,8 +19,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from uow._database import Database
 from uow.errors import ConfigurationError
-from uow.integrations import _asgi
-from uow.integrations._asgi import ASGIApp, RequestSession, Scope
+from uow.integrations._require import requires
+
+# The middleware runs on anyio, which Starlette (and every ASGI framework uow integrates) brings.
+with requires("starlette", "Starlette", "anyio"):
+    from uow.integrations import _asgi
+    from uow.integrations._asgi import ASGIApp, RequestSession, Scope
 
 if TYPE_CHECKING:
     from advanced_alchemy.extensions.starlette import AdvancedAlchemy

@@ -16,5 +16,9 @@ exception from the command rolls its unit back and typer exits non-zero; so does
 from __future__ import annotations
 
 from uow.integrations._cli import run_async
+from uow.integrations._require import installed
+
+# run_async needs nothing of typer, so typer is not imported here; a missing typer is still a clear error.
+installed("typer", "typer", "typer")
 
 __all__ = ["run_async"]
