@@ -36,6 +36,7 @@ FRAMEWORKS = (
     "apscheduler",
     "advanced-alchemy",
     "sqlmodel",
+    "otel",  # not a framework: uow.otel's OpenTelemetry API, one package like the others
 )
 DRIVERS = ("aiosqlite", "asyncpg", "psycopg", "psycopg2", "pymysql", "aiomysql", "asyncmy")
 # What each command installs: uow with these extras, plus these PEP 735 dependency groups (our
