@@ -48,6 +48,9 @@ from uow._unit import (
     UnitSpec,
     _is_interrupt,
     _note_secondary,
+    begin_async,
+    begin_sync,
+    current_frame,
     enter_async,
     enter_sync,
     exit_async,
@@ -852,10 +855,10 @@ def _sync_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
     def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
         if (kwargs and not caller_names.isdisjoint(kwargs)) or current_overrides() is not None:
             return call_sync(plan, args, kwargs)
-        joined = join_innermost(spec, False)
+        joined = join_innermost(spec, False) if current_frame() is not None else None
         session: Any
         if joined is None:
-            unit, session = enter_sync(spec)
+            unit, session = begin_sync(spec)  # not `enter_sync`: the join was just ruled out
         else:
             unit, tx = joined, joined.transaction
             session = tx.session if tx.session is not None else tx.open_sync()
@@ -903,10 +906,10 @@ def _async_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
     async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
         if (kwargs and not caller_names.isdisjoint(kwargs)) or current_overrides() is not None:
             return await call_async(plan, args, kwargs)
-        joined = join_innermost(spec, True)
+        joined = join_innermost(spec, True) if current_frame() is not None else None
         session: Any
         if joined is None:
-            unit, session = await enter_async(spec)
+            unit, session = await begin_async(spec)  # not `enter_async`: the join was just ruled out
         else:
             unit, tx = joined, joined.transaction
             session = tx.session if tx.session is not None else await tx.open_async()
