@@ -91,13 +91,18 @@ class Propagation(str, enum.Enum):
 
 def parse_propagation(value: Propagation | str, *, what: str) -> Propagation:
     """`value` as a `Propagation`, or a `ConfigurationError` listing the valid names."""
-    if isinstance(value, Propagation):
-        return value
     try:
-        return Propagation(value)
-    except ValueError:
-        valid = ", ".join(repr(p.value) for p in Propagation)
-        raise ConfigurationError(f"{what}: unknown propagation {value!r}; use one of {valid}") from None
+        found = _PROPAGATIONS.get(value)  # a member finds itself too: it is the str it stands for
+    except TypeError:  # unhashable
+        found = None
+    if found is not None:
+        return found
+    valid = ", ".join(repr(p.value) for p in Propagation)
+    raise ConfigurationError(f"{what}: unknown propagation {value!r}; use one of {valid}")
+
+
+# `Propagation(value)` is Python code in the enum machinery; provide_services parses on every call.
+_PROPAGATIONS: dict[object, Propagation] = {p.value: p for p in Propagation}
 
 
 _REQUIRED, _REQUIRES_NEW, _NESTED, _MANDATORY, _NEVER = (
@@ -258,7 +263,7 @@ class Transaction:
             info = session.info
             info.pop(_GUARD_KEY, None)  # `_release_guard`: from here on it is uow ending the session
             transaction = session.get_transaction()
-            if transaction is not None and not transaction.is_active:  # `_flush_failed`
+            if transaction is not None and not transaction.is_active:  # a failed flush rolled it back
                 self._roll_back_sync(session, None)
                 raise _flush_failed_error(self)
             try:
@@ -267,7 +272,7 @@ class Transaction:
                 # The commit failed: that failure is what the caller sees, not a close error.
                 _close_preserving_sync(session, failure)
                 raise
-            try:  # `_close_after_commit_sync`
+            try:  # a failure to close is logged (the commit stands), an interrupt handed back
                 session.close()
             except BaseException as failure:
                 interrupt = _close_failed_after_commit_sync(session, failure) or interrupt
@@ -345,7 +350,9 @@ class Transaction:
         _release_guard(session.info)
         ender = asyncio.current_task()
         (committed, interrupt), cancellation = await _to_completion(self._end_or_abandon_async(session, exc, ender))
-        if committed:
+        # The one place an owning async unit decides whether anything follows its COMMIT: with no hook
+        # registered nothing does (`run_hooks_async` of no hooks hands nothing on, even to a test capture).
+        if committed and self.hooks:
             await self.run_hooks_async()
         if cancellation is not None:
             raise cancellation
@@ -357,7 +364,11 @@ class Transaction:
     ) -> tuple[bool, BaseException | None]:
         # Decided here, in the task that ends the unit: a task scheduled before it may be in a statement.
         # Not `ender`, the task awaiting this ending: it cannot be in a statement meanwhile.
-        straggler = _straggler_error(self) if _prune(self) or _busy_elsewhere(self, ender) else None
+        # `_prune(self) or _busy_elsewhere(self, ender)`, asked only when someone else may be using the session.
+        if (self.inside or self.busy is not None) and (_prune(self) or _busy_elsewhere(self, ender)):
+            straggler: PropagationError | None = _straggler_error(self)
+        else:
+            straggler = None
         if straggler is not None:
             await self._abandon_async(session, exc, straggler)
             if exc is None:
@@ -376,7 +387,8 @@ class Transaction:
         if exc is not None or self.root.rollback_only or self.read_only:
             await self._roll_back_async(session, exc)
             return False, None
-        if _flush_failed(session.sync_session):
+        transaction = session.sync_session.get_transaction()
+        if transaction is not None and not transaction.is_active:  # a failed flush rolled it back
             await self._roll_back_async(session, None)
             raise _flush_failed_error(self)
         try:
@@ -911,9 +923,7 @@ def begin_sync(spec: UnitSpec) -> tuple[ActiveUnit, Session]:
     return _enter_sync(spec, None, None)
 
 
-def _enter_sync(
-    spec: UnitSpec, session: Session | None, request_tx: Transaction | None
-) -> tuple[ActiveUnit, Session]:
+def _enter_sync(spec: UnitSpec, session: Session | None, request_tx: Transaction | None) -> tuple[ActiveUnit, Session]:
     kind, database, frame, request = _decide(spec, session, request_tx, want_async=False)
     if kind is _JOIN:
         if request is not None:
@@ -1323,12 +1333,6 @@ def _finished_error(tx: Transaction) -> NoActiveUnitOfWork:
         f"the unit of work on {tx.database!r} has already committed or rolled back (a request's unit ends "
         "when its response starts): open a unit of its own for this work instead of joining that one"
     )
-
-
-def _flush_failed(session: Session) -> bool:
-    """Whether SQLAlchemy rolled the unit's transaction back after a failed flush (the body swallowed the error)."""
-    transaction = session.get_transaction()
-    return transaction is not None and not transaction.is_active
 
 
 def _flush_failed_error(tx: Transaction) -> RollbackOnlyError:
