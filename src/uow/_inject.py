@@ -50,7 +50,6 @@ from uow._unit import (
     _note_secondary,
     begin_async,
     begin_sync,
-    current_frame,
     enter_async,
     enter_sync,
     exit_async,
@@ -855,7 +854,7 @@ def _sync_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
     def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
         if (kwargs and not caller_names.isdisjoint(kwargs)) or current_overrides() is not None:
             return call_sync(plan, args, kwargs)
-        joined = join_innermost(spec, False) if current_frame() is not None else None
+        joined = join_innermost(spec, False)
         session: Any
         if joined is None:
             unit, session = begin_sync(spec)  # not `enter_sync`: the join was just ruled out
@@ -906,7 +905,7 @@ def _async_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
     async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
         if (kwargs and not caller_names.isdisjoint(kwargs)) or current_overrides() is not None:
             return await call_async(plan, args, kwargs)
-        joined = join_innermost(spec, True) if current_frame() is not None else None
+        joined = join_innermost(spec, True)
         session: Any
         if joined is None:
             unit, session = await begin_async(spec)  # not `enter_async`: the join was just ruled out

@@ -565,7 +565,6 @@ def current_user(is_async: bool) -> object:
 
 
 _current: contextvars.ContextVar[Frame | None] = contextvars.ContextVar("uow_current_unit", default=None)
-current_frame = _current.get  # the innermost frame, for the decorators' wrappers (a C call, no lookup)
 
 # Where `session.info` records which unit made a session (uow.testing reports units left open by it).
 OPENED_BY_KEY = "uow_opened_by"
