@@ -13,11 +13,14 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 from advanced_alchemy.config import AsyncSessionConfig, SQLAlchemyAsyncConfig, SQLAlchemySyncConfig, SyncSessionConfig
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from benchmarks.common import (
     AsyncItems,
     AsyncItemService,
+    Base,
     Item,
     Items,
     ItemService,
@@ -26,6 +29,7 @@ from benchmarks.common import (
     asyncpg_engine,
     clear_async,
     clear_sync,
+    postgres_database,
     sqlite_engine,
     sync_factory,
 )
@@ -33,9 +37,7 @@ from benchmarks.harness import Case, Setup, Variant
 from uow import Database, provide_services, with_services
 
 
-@contextmanager
-def sync_sqlite() -> Iterator[Setup]:
-    engine = sqlite_engine()
+def _sync_variants(engine: Engine) -> Setup:
     factory = sync_factory(engine)
     db = Database(session_factory=factory)
     aa_config = SQLAlchemySyncConfig(engine_instance=engine, session_config=SyncSessionConfig(expire_on_commit=False))
@@ -68,23 +70,39 @@ def sync_sqlite() -> Iterator[Setup]:
         with ItemService.new(config=aa_config) as service:
             service.create(Item(name="x"), auto_refresh=False, auto_commit=True)
 
+    return Setup(
+        [
+            Variant("hand-written", hand, kind="baseline"),
+            Variant("hand-written again (A/A control)", hand, kind="control"),
+            Variant("@with_services", decorated),
+            Variant("provide_services", provided),
+            Variant("hand-written, AA service", hand_aa, kind="baseline"),
+            Variant("@with_services, AA service", decorated_aa, baseline="hand-written, AA service"),
+            Variant("AA Service.new(), AA service", aa_new, baseline="hand-written, AA service", kind="alternative"),
+        ],
+        reset=lambda: clear_sync(engine),
+    )
+
+
+@contextmanager
+def sync_sqlite() -> Iterator[Setup]:
+    engine = sqlite_engine()
     try:
-        yield Setup(
-            [
-                Variant("hand-written", hand, kind="baseline"),
-                Variant("hand-written again (A/A control)", hand, kind="control"),
-                Variant("@with_services", decorated),
-                Variant("provide_services", provided),
-                Variant("hand-written, AA service", hand_aa, kind="baseline"),
-                Variant("@with_services, AA service", decorated_aa, baseline="hand-written, AA service"),
-                Variant(
-                    "AA Service.new(), AA service", aa_new, baseline="hand-written, AA service", kind="alternative"
-                ),
-            ],
-            reset=lambda: clear_sync(engine),
-        )
+        yield _sync_variants(engine)
     finally:
         engine.dispose()
+
+
+@contextmanager
+def sync_psycopg() -> Iterator[Setup]:
+    """The sync case on PostgreSQL through psycopg 3, in a database created for the run."""
+    with postgres_database() as url:
+        engine = create_engine(make_url(url).set(drivername="postgresql+psycopg"), pool_size=2)
+        try:
+            Base.metadata.create_all(engine)
+            yield _sync_variants(engine)
+        finally:
+            engine.dispose()
 
 
 def _async_variants(engine: AsyncEngine) -> Setup:
@@ -163,5 +181,6 @@ CASES = [
         200,
         "unit",
     ),
+    Case("unit-sync-psycopg", "unit of work, sync, PostgreSQL/psycopg", _MEASURES, sync_psycopg, False, 15, "unit"),
     Case("unit-async-asyncpg", "unit of work, async, PostgreSQL/asyncpg", _MEASURES, async_asyncpg, True, 15, "unit"),
 ]

@@ -7,7 +7,9 @@ tests walk each situation that path handles itself or must hand back to the gene
 
 from __future__ import annotations
 
+import contextvars
 import sys
+import threading
 from types import FrameType
 from typing import Any
 
@@ -15,7 +17,10 @@ import pytest
 from sqlalchemy.orm import Session
 
 import uow
+import uow.testing
 from tests.models import AsyncItemService, ItemService, TagService
+from uow import _unit
+from uow._database import _default
 from uow.errors import PropagationError, RollbackOnlyError
 
 
@@ -212,3 +217,245 @@ async def test_async_direct_path(async_sqlite_db: uow.Database) -> None:
         await outer()
     async with uow.provide_services(AsyncItemService, database=async_sqlite_db) as (items,):
         assert await items.names() == ["own"]
+
+
+# -- beginning a unit: `begin_sync` / `begin_async` take the BEGIN `_decide` takes, or hand over --------
+
+
+def _general_sync(spec: _unit.UnitSpec) -> tuple[_unit.ActiveUnit, Session]:
+    return _unit._enter_sync(spec, None, None)
+
+
+def _outcome_sync(enter: Any, spec: _unit.UnitSpec) -> tuple[Any, ...]:
+    """What entering (then leaving without an error) decided: the kind and the frame's parent, or the error."""
+    try:
+        unit, session = enter(spec)
+    except uow.UowError as error:
+        return type(error), str(error)
+    try:
+        frame = _unit.innermost_frame()
+        assert frame is not None and frame.transaction is unit.transaction
+        parent = frame.parent.transaction if frame.parent is not None else None
+        return unit.kind, type(session), parent, unit.transaction.read_only, unit.transaction.isolation_level
+    finally:
+        _unit.exit_sync(unit, None)
+
+
+@pytest.mark.parametrize("propagation", [p.value for p in uow.Propagation])
+@pytest.mark.parametrize("options", [{}, {"read_only": True}, {"isolation_level": "SERIALIZABLE"}])
+def test_begin_decides_what_the_general_path_decides(
+    sqlite_db: uow.Database, async_sqlite_db: uow.Database, propagation: str, options: dict[str, Any]
+) -> None:
+    other = uow.Database("sqlite://")
+    try:
+        for database in (sqlite_db, async_sqlite_db, None):
+            spec = _unit.UnitSpec(
+                database=database,
+                propagation=propagation,
+                read_only=bool(options.get("read_only")),
+                isolation_level=options.get("isolation_level"),
+                what="unit()",
+            )
+            for configured in (None, sqlite_db):
+                _default.database = configured  # the autouse fixture clears it again after the test
+                # No unit active at all, then a unit on another database.
+                direct = _outcome_sync(_unit.begin_sync, spec)
+                assert direct == _outcome_sync(_general_sync, spec), (database, configured)
+                with uow.unit_of_work(database=other) as outer:
+                    assert _outcome_sync(_unit.begin_sync, spec) == _outcome_sync(_general_sync, spec)
+                    outer_tx = _unit.innermost_frame()
+                    assert outer_tx is not None and outer.info[_unit._TX_KEY] is outer_tx.transaction
+    finally:
+        other.dispose()
+
+
+def test_the_direct_begin_is_taken_and_begins(sqlite_db: uow.Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    def spec(propagation: str) -> _unit.UnitSpec:
+        return _unit.UnitSpec(
+            database=sqlite_db, propagation=propagation, read_only=False, isolation_level=None, what="u"
+        )
+
+    assert spec("required").direct_begin and not spec("mandatory").direct_begin
+    calls: list[str] = []
+    decide = _unit._decide
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append("decide")
+        return decide(*args, **kwargs)
+
+    monkeypatch.setattr(_unit, "_decide", spy)
+    unit, session = _unit.begin_sync(spec("required"))
+    _unit.exit_sync(unit, None)
+    assert calls == []  # no `_decide`: the direct begin
+    assert unit.kind is _unit.Kind.BEGIN and session.info.get(_unit._CLOSED_KEY) is True
+    with uow.unit_of_work(database=sqlite_db), pytest.raises(PropagationError):
+        _unit.begin_sync(spec("never"))
+    assert calls == ["decide"]  # a unit is active: decided in full
+
+
+def test_a_begun_unit_runs_few_python_functions_more_than_by_hand(sqlite_db: uow.Database) -> None:
+    factory = sqlite_db.session_factory
+    names = (f"item {n}" for n in range(100))
+
+    def by_hand() -> None:
+        with factory() as session:
+            ItemService(session).add(next(names))
+            session.commit()
+
+    @uow.with_services(ItemService, database=sqlite_db)
+    def decorated(items: ItemService) -> None:
+        items.add(next(names))
+
+    for _ in range(2):  # the first calls set up what later calls reuse (listeners, compiled statements)
+        by_hand()
+        decorated()
+    hand_calls = _python_calls(by_hand)
+    decorated_calls = _python_calls(decorated)
+    # wrapper, begin, Transaction, Scope, open, new session, Frame, ActiveUnit, exit, finish, commit,
+    # the flush's ownership claim and a few SQLAlchemy properties it reads: no `_decide`, no hook machinery
+    assert decorated_calls - hand_calls <= 16, (decorated_calls, hand_calls)  # main before issue 12: 38
+
+
+def test_the_commit_path_decides_as_before(sqlite_db: uow.Database) -> None:
+    @uow.with_services(ItemService, database=sqlite_db)
+    def swallow_flush_failure(items: ItemService) -> None:
+        items.add("dup")
+        try:
+            items.add("dup")  # unique name: the flush fails and SQLAlchemy rolls the transaction back
+        except Exception:
+            pass
+
+    ran: list[str] = []
+
+    @uow.with_services(ItemService, database=sqlite_db)
+    def with_hook(items: ItemService, name: str) -> None:
+        items.add(name)
+        uow.on_commit(lambda: ran.append("after"))
+
+    @uow.with_services(ItemService, database=sqlite_db)
+    def plain(items: ItemService) -> None:
+        items.add("plain")
+
+    with pytest.raises(RollbackOnlyError, match="flush inside it failed"):
+        swallow_flush_failure()
+    with_hook("hooked")
+    assert ran == ["after"]
+    with uow.testing.capture_on_commit() as captured:
+        plain()
+        with_hook("captured")
+    assert len(captured) == 1 and ran == ["after"]  # no hook: nothing handed on; one hook: captured, not run
+    with uow.provide_services(ItemService, database=sqlite_db) as (items,):
+        assert items.names() == ["captured", "hooked", "plain"]
+
+
+# -- the statement check: a few reads while only the unit's own thread uses the session -------------------
+
+
+def test_a_flush_while_another_thread_is_in_a_statement_is_refused(sqlite_db: uow.Database) -> None:
+    other = threading.Thread(target=lambda: None)
+    other.start()
+    other.join()
+    assert other.ident is not None and other.ident != threading.get_ident()
+
+    @uow.with_services(ItemService, database=sqlite_db)
+    def handler(items: ItemService) -> None:
+        items.add("first")  # the fast path: only this thread uses the session
+        tx = items.session.info[_unit._TX_KEY]
+        assert tx.busy is None  # the claim was handed back
+        tx.busy = other.ident  # as if that thread were in a statement on the session right now
+        try:
+            with pytest.raises(PropagationError, match="is in a statement on it"):
+                items.add("second")
+        finally:
+            tx.busy = None
+
+    with pytest.raises(RollbackOnlyError):
+        handler()  # refused statements doom the unit
+    with uow.provide_services(ItemService, database=sqlite_db) as (items,):
+        assert items.names() == []
+
+
+def test_a_flush_while_a_join_from_another_thread_is_inside_is_refused(sqlite_db: uow.Database) -> None:
+    inside, release = threading.Event(), threading.Event()
+
+    @uow.with_services(ItemService, database=sqlite_db)
+    def joined(items: ItemService) -> None:
+        inside.set()
+        release.wait(10)
+
+    errors: list[BaseException] = []
+
+    @uow.with_services(ItemService, database=sqlite_db)
+    def owner(items: ItemService) -> None:
+        context = contextvars.copy_context()
+        thread = threading.Thread(target=lambda: context.run(joined))
+        thread.start()
+        try:
+            assert inside.wait(10)
+            try:
+                items.add("owner")  # a join from another thread holds the session: the full check refuses
+            except PropagationError as error:
+                errors.append(error)
+        finally:
+            release.set()
+            thread.join(10)
+
+    with pytest.raises(RollbackOnlyError):
+        owner()
+    assert len(errors) == 1 and "joined it from thread" in str(errors[0])
+
+
+def test_a_kept_service_is_refused_after_its_unit(sqlite_db: uow.Database) -> None:
+    @uow.with_services(ItemService, database=sqlite_db)
+    def keep(items: ItemService) -> ItemService:
+        items.add("kept")
+        return items
+
+    kept = keep()
+    with pytest.raises(uow.NoActiveUnitOfWork, match="has ended and closed it"):
+        kept.add("late")
+
+
+# -- provide_services: the direct tuple builds what the general path builds --------------------------------
+
+
+def test_provide_services_direct_and_general_agree(sqlite_db: uow.Database) -> None:
+    with uow.provide_services(ItemService, TagService, database=sqlite_db) as (items, tags):
+        assert type(items) is ItemService and type(tags) is TagService and items.session is tags.session
+        first = items
+    with uow.provide_services(ItemService, database=sqlite_db) as (again,):
+        assert again is not first and again.session is not first.session
+    # One class listed twice: the general path builds it once and hands it out twice.
+    with uow.provide_services(ItemService, ItemService, database=sqlite_db) as (a, b):
+        assert a is b
+
+    class FakeItems(ItemService):
+        pass
+
+    with uow.override(ItemService, FakeItems), uow.provide_services(ItemService, database=sqlite_db) as (faked,):
+        assert type(faked) is FakeItems
+    with uow.unit_of_work(database=sqlite_db) as session, uow.provide_services(ItemService) as (joined,):
+        assert joined.session is session
+
+
+async def test_async_provide_services_direct_and_begin(async_sqlite_db: uow.Database) -> None:
+    async with uow.provide_services(AsyncItemService, database=async_sqlite_db) as (items,):
+        await items.add("a")
+        frame = _unit.innermost_frame()
+        assert frame is not None and frame.parent is None and frame.transaction.session is items.session
+    async with uow.provide_services(AsyncItemService, database=async_sqlite_db) as (items,):
+        assert await items.names() == ["a"]
+    spec = _unit.UnitSpec(
+        database=async_sqlite_db, propagation="mandatory", read_only=False, isolation_level=None, what="u"
+    )
+    with pytest.raises(PropagationError, match="mandatory"):
+        await _unit.begin_async(spec)
+
+
+def test_propagation_names_parse_as_before() -> None:
+    for member in uow.Propagation:
+        assert _unit.parse_propagation(member, what="u") is member
+        assert _unit.parse_propagation(member.value, what="u") is member
+    for bad in ("Required", "", None, [], 3):
+        with pytest.raises(uow.ConfigurationError, match="unknown propagation"):
+            _unit.parse_propagation(bad, what="u")  # type: ignore[arg-type]

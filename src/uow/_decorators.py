@@ -18,7 +18,17 @@ from typing_extensions import ParamSpec
 
 from uow._database import Database
 from uow._inject import BOTH_SESSION_AND_CONNECTION, NO_SERVICES, decorate, resolve_connection
-from uow._providers import ServicePlan, build_async, build_sync, close_async, close_sync, plan_service
+from uow._providers import (
+    ServicePlan,
+    build_async,
+    build_sync,
+    close_async,
+    close_sync,
+    current_overrides,
+    direct_builder,
+    plan_service,
+    single_positional,
+)
 from uow._retry import Retry
 from uow._timeout import Deadline, begin_deadline, parse_timeout
 from uow._unit import (
@@ -401,15 +411,46 @@ def unit_of_work(
     )
 
 
+class _Prepared:
+    """What `provide_services` works out once per tuple of services (cached by `_prepared_for`)."""
+
+    __slots__ = ("async_only", "direct", "plans", "what")
+
+    def __init__(self, services: tuple[Any, ...]) -> None:
+        self.plans = tuple(plan_service(service, for_async=True, owner="provide_services()") for service in services)
+        self.what = "provide_services(" + ", ".join(p.label for p in self.plans) + ")"
+        # The first provider that needs 'async with', for the error a plain 'with' gets.
+        self.async_only = next((p.label for p in self.plans if p.is_async_only), None)
+        self.direct = _direct_tuple(self.plans)
+
+
+def _direct_tuple(plans: tuple[ServicePlan, ...]) -> Callable[[Any], tuple[Any, ...]] | None:
+    """For services that are all distinct classes built from the session alone: a function from the
+    session to the services, as `build_sync`/`build_async` would build them outside an `override`
+    block (no cache to share, no generator to finish, nothing to await); None for any other services."""
+    keys = [p.service_type if p.service_type is not None else p.provider for p in plans]
+    if len(set(keys)) != len(keys):
+        return None  # one class listed twice: the general path builds it once and hands it out twice
+    targets = [(str(index), plan) for index, plan in enumerate(plans)]
+    build = direct_builder(targets, ())
+    if build is None:
+        return None
+    single = single_positional(targets, ())
+    if single is not None:
+        cls = single[1]
+        return lambda session: (cls(session),)
+    return lambda session: tuple(build(session).values())
+
+
 @functools.lru_cache(maxsize=256)
-def _plans_for(services: tuple[Any, ...]) -> tuple[ServicePlan, ...]:
-    return tuple(plan_service(service, for_async=True, owner="provide_services()") for service in services)
+def _prepared_for(services: tuple[Any, ...]) -> _Prepared:
+    return _Prepared(services)
 
 
 class ServicesContext(Generic[T]):
     """What `provide_services` returns: use it with ``with`` (sync Database) or ``async with`` (async Database)."""
 
-    __slots__ = ("_closers", "_connection", "_deadline", "_plans", "_session", "_spec", "_unit")
+    __slots__ = ("_closers", "_connection", "_deadline", "_prepared", "_session", "_spec", "_unit")
 
     def __init__(
         self,
@@ -426,11 +467,11 @@ class ServicesContext(Generic[T]):
         if session is not None and connection is not None:
             raise ValueError(BOTH_SESSION_AND_CONNECTION)
         try:
-            self._plans = _plans_for(services)
+            self._prepared = _prepared_for(services)
         except TypeError as unhashable:
             if isinstance(unhashable, InjectionError):
                 raise
-            self._plans = tuple(plan_service(s, for_async=True, owner="provide_services()") for s in services)
+            self._prepared = _Prepared(services)
         self._session = session
         self._connection = connection
         self._spec = UnitSpec(
@@ -438,8 +479,8 @@ class ServicesContext(Generic[T]):
             propagation=propagation,
             read_only=read_only,
             isolation_level=isolation_level,
-            what=(what := "provide_services(" + ", ".join(p.label for p in self._plans) + ")"),
-            timeout=parse_timeout(timeout, what=what),
+            what=self._prepared.what,
+            timeout=parse_timeout(timeout, what=self._prepared.what),
         )
         self._unit: ActiveUnit | None = None
         self._deadline: Deadline | None = None
@@ -451,17 +492,23 @@ class ServicesContext(Generic[T]):
         return resolve_connection(self._connection, what=self._spec.what)
 
     def __enter__(self) -> T:
-        for plan in self._plans:
-            if plan.is_async_only:
-                raise InjectionError(
-                    f"{self._spec.what}: provider {plan.label} is async; use 'async with provide_services(...)'"
-                )
-        unit, session = enter_sync(self._spec, session=self._session, request_tx=self._request_tx())
+        prepared = self._prepared
+        if prepared.async_only is not None:
+            raise InjectionError(
+                f"{self._spec.what}: provider {prepared.async_only} is async; use 'async with provide_services(...)'"
+            )
+        if self._session is None and self._connection is None:
+            unit, session = enter_sync(self._spec)
+        else:
+            unit, session = enter_sync(self._spec, session=self._session, request_tx=self._request_tx())
         self._unit = unit
         if self._spec.timeout is not None:
             self._deadline = begin_deadline(self._spec, unit, session, is_async=False)
+        direct = prepared.direct
         try:
-            services = build_sync(self._plans, session, {}, self._closers)
+            if direct is not None and current_overrides() is None:
+                return direct(session)  # type: ignore[return-value]
+            services = build_sync(prepared.plans, session, {}, self._closers)
         except BaseException as exc:
             self._leave(exc)
             self._fail_sync(exc)
@@ -497,20 +544,27 @@ class ServicesContext(Generic[T]):
             return
         unit, self._unit = self._unit, None
         assert unit is not None
-        try:
-            close_sync(self._closers, None)
-        except BaseException as failure:
-            exit_sync(unit, failure)
-            raise
+        if self._closers:
+            try:
+                close_sync(self._closers, None)
+            except BaseException as failure:
+                exit_sync(unit, failure)
+                raise
         exit_sync(unit, None)
 
     async def __aenter__(self) -> T:
-        unit, session = await enter_async(self._spec, session=self._session, request_tx=self._request_tx())
+        if self._session is None and self._connection is None:
+            unit, session = await enter_async(self._spec)
+        else:
+            unit, session = await enter_async(self._spec, session=self._session, request_tx=self._request_tx())
         self._unit = unit
         if self._spec.timeout is not None:
             self._deadline = begin_deadline(self._spec, unit, session, is_async=True)
+        direct = self._prepared.direct
         try:
-            services = await build_async(self._plans, session, {}, self._closers)
+            if direct is not None and current_overrides() is None:
+                return direct(session)  # type: ignore[return-value]
+            services = await build_async(self._prepared.plans, session, {}, self._closers)
         except BaseException as exc:
             self._leave(exc)
             await self._fail_async(exc)
@@ -541,11 +595,12 @@ class ServicesContext(Generic[T]):
             return
         unit, self._unit = self._unit, None
         assert unit is not None
-        try:
-            await close_async(self._closers, None)
-        except BaseException as failure:
-            await exit_async(unit, failure)
-            raise
+        if self._closers:
+            try:
+                await close_async(self._closers, None)
+            except BaseException as failure:
+                await exit_async(unit, failure)
+                raise
         await exit_async(unit, None)
 
 

@@ -51,6 +51,8 @@ from uow._unit import (
     UnitSpec,
     _is_interrupt,
     _note_secondary,
+    begin_async,
+    begin_sync,
     enter_async,
     enter_sync,
     exit_async,
@@ -1015,7 +1017,7 @@ def _sync_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
         joined = join_innermost(spec, False)
         session: Any
         if joined is None:
-            unit, session = enter_sync(spec)
+            unit, session = begin_sync(spec)  # not `enter_sync`: the join was just ruled out
         else:
             unit, tx = joined, joined.transaction
             session = tx.session if tx.session is not None else tx.open_sync()
@@ -1066,7 +1068,7 @@ def _async_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
         joined = join_innermost(spec, True)
         session: Any
         if joined is None:
-            unit, session = await enter_async(spec)
+            unit, session = await begin_async(spec)  # not `enter_async`: the join was just ruled out
         else:
             unit, tx = joined, joined.transaction
             session = tx.session if tx.session is not None else await tx.open_async()
