@@ -25,7 +25,7 @@ DOCSTRING = '''\
 
 Nothing here runs: at run time `with_services` returns a `_ServicesDecorator` and the decorated
 function is a plain function (see `uow._inject.wrap`). These classes only teach mypy and pyright
-the shapes (README "Typing" has the table of layouts).
+the shapes (docs/typing.md has the table of layouts).
 
 PEP 612 can strip only leading positional parameters, so each layout the checkers can follow is
 one `__call__` overload of `_DecoratorN`:

@@ -399,7 +399,7 @@ def unit_of_work(
     """A unit of work: ``with unit_of_work() as session:``, or ``@unit_of_work()``.
 
     As a decorator it also fills the parameters marked ``= injected()``: type checkers then see the
-    function's own signature, exact in every layout (README "Typing").
+    function's own signature, exact in every layout (docs/typing.md).
     """
     return UnitOfWork(
         database=database,

@@ -3,7 +3,7 @@
 ``users: UserService = injected()`` says "uow passes this one" where the parameter is: the
 decorators (`with_services`, `unit_of_work`) inject it whatever its position, and, because the
 parameter has a default, type checkers see the decorated function's own signature with that
-parameter optional, exact in every layout (README "Typing").
+parameter optional, exact in every layout (docs/typing.md).
 """
 
 from __future__ import annotations
