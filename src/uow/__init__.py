@@ -10,7 +10,17 @@ from uow._database import Database, configure, get_default_database
 from uow._decorators import provide_services, unit_of_work, with_services
 from uow._providers import override
 from uow._retry import Retry, is_transient
-from uow._unit import Propagation, current_session, current_session_async, on_commit
+from uow._unit import (
+    Outcome,
+    Propagation,
+    before_commit,
+    current_session,
+    current_session_async,
+    on_commit,
+    on_completion,
+    on_rollback,
+    set_rollback_only,
+)
 from uow.errors import (
     ConfigurationError,
     InjectionError,
@@ -26,20 +36,25 @@ __all__ = [
     "Database",
     "InjectionError",
     "NoActiveUnitOfWork",
+    "Outcome",
     "OwnershipError",
     "Propagation",
     "PropagationError",
     "Retry",
     "RollbackOnlyError",
     "UowError",
+    "before_commit",
     "configure",
     "current_session",
     "current_session_async",
     "get_default_database",
     "is_transient",
     "on_commit",
+    "on_completion",
+    "on_rollback",
     "override",
     "provide_services",
+    "set_rollback_only",
     "unit_of_work",
     "with_services",
 ]
