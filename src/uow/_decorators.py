@@ -23,6 +23,7 @@ from uow._retry import Retry
 from uow._unit import (
     ActiveUnit,
     Propagation,
+    ExceptionClasses,
     UnitSpec,
     _is_interrupt,
     _note_secondary,
@@ -73,6 +74,9 @@ def with_services(  # pyright: ignore[reportOverlappingOverload]
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> _Decorator1[S1]: ...
 
 
@@ -87,6 +91,9 @@ def with_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> _Decorator2[S1, S2]: ...
 
 
@@ -102,6 +109,9 @@ def with_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> _Decorator3[S1, S2, S3]: ...
 
 
@@ -118,6 +128,9 @@ def with_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> _Decorator4[S1, S2, S3, S4]: ...
 
 
@@ -135,6 +148,9 @@ def with_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> _Decorator5[S1, S2, S3, S4, S5]: ...
 
 
@@ -153,6 +169,9 @@ def with_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> _Decorator6[S1, S2, S3, S4, S5, S6]: ...
 
 
@@ -164,6 +183,9 @@ def with_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> _AnyDecorator: ...
 
 
@@ -174,13 +196,18 @@ def with_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> Any:
     """Decorate a function so it runs in a unit of work with `services` built and passed in as keyword arguments.
 
-    The unit commits when the function returns and rolls back when it raises; it joins
-    a unit already active for the same database (see `propagation`). Callers may pass
-    ``session=`` (join a session they own), ``connection=`` (join a request's unit) or a
-    service under its parameter name (used as is).
+    The unit commits when the function returns and rolls back when it raises (unless the
+    exception matches ``commit_on=`` and not ``rollback_on=``: then it commits, and the exception
+    still propagates); it joins a unit already active for the same database (see `propagation`;
+    ``durable=True`` refuses to run inside one). Callers may pass ``session=`` (join a session
+    they own), ``connection=`` (join a request's unit) or a service under its parameter name
+    (used as is).
     """
     if not services:
         raise ValueError(NO_SERVICES)
@@ -192,11 +219,24 @@ def with_services(
         isolation_level=isolation_level,
         retry=retry,
         name="with_services",
+        events=_events(durable, commit_on, rollback_on),
     )
 
 
+def _events(durable: bool, commit_on: ExceptionClasses, rollback_on: ExceptionClasses) -> dict[str, Any]:
+    """The keyword options of issue 16, passed on only when set (the common call stays as it was)."""
+    options: dict[str, Any] = {}
+    if durable is not False:
+        options["durable"] = durable
+    if commit_on is not None:
+        options["commit_on"] = commit_on
+    if rollback_on is not None:
+        options["rollback_on"] = rollback_on
+    return options
+
+
 class _ServicesDecorator:
-    __slots__ = ("database", "isolation_level", "name", "propagation", "read_only", "retry", "services")
+    __slots__ = ("database", "events", "isolation_level", "name", "propagation", "read_only", "retry", "services")
 
     def __init__(
         self,
@@ -208,6 +248,7 @@ class _ServicesDecorator:
         isolation_level: str | None,
         retry: Retry | int | None,
         name: str,
+        events: dict[str, Any],
     ) -> None:
         self.services = tuple(services)
         self.database = database
@@ -216,6 +257,7 @@ class _ServicesDecorator:
         self.isolation_level = isolation_level
         self.retry = retry
         self.name = name
+        self.events = events
 
     def __call__(self, fn: Any, /) -> Any:
         return decorate(
@@ -227,6 +269,7 @@ class _ServicesDecorator:
             isolation_level=self.isolation_level,
             retry=self.retry,
             decorator=self.name,
+            **self.events,
         )
 
 
@@ -237,7 +280,7 @@ class UnitOfWork:
     ``AsyncSession`` (or named ``session`` / ``db_session``), if the function has one.
     """
 
-    __slots__ = ("_spec", "database", "isolation_level", "propagation", "read_only", "retry")
+    __slots__ = ("_spec", "database", "events", "isolation_level", "propagation", "read_only", "retry")
 
     def __init__(
         self,
@@ -247,18 +290,21 @@ class UnitOfWork:
         read_only: bool,
         isolation_level: str | None,
         retry: Retry | int | None,
+        events: dict[str, Any],
     ) -> None:
         self.database = database
         self.propagation = propagation
         self.read_only = read_only
         self.isolation_level = isolation_level
         self.retry = retry
+        self.events = events
         self._spec = UnitSpec(
             database=database,
             propagation=propagation,
             read_only=read_only,
             isolation_level=isolation_level,
             what="unit_of_work()",
+            **events,
         )
 
     @overload
@@ -282,6 +328,7 @@ class UnitOfWork:
             isolation_level=self.isolation_level,
             retry=self.retry,
             decorator="unit_of_work",
+            **self.events,
         )
         return decorated
 
@@ -301,7 +348,7 @@ class UnitOfWork:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        exit_sync(_pop_entered(self), exc)
+        exit_sync(_pop_entered(self), None if exc is None or self._spec.commits(exc) else exc)
 
     async def __aenter__(self) -> Any:
         self._refuse_retry()
@@ -312,7 +359,7 @@ class UnitOfWork:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await exit_async(_pop_entered(self), exc)
+        await exit_async(_pop_entered(self), None if exc is None or self._spec.commits(exc) else exc)
 
 
 # The units entered through `with`/`async with`, per context: one UnitOfWork object (made once at
@@ -342,14 +389,21 @@ def unit_of_work(
     read_only: bool = False,
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> UnitOfWork:
-    """A unit of work without services: ``with unit_of_work() as session:``, or ``@unit_of_work()``."""
+    """A unit of work without services: ``with unit_of_work() as session:``, or ``@unit_of_work()``.
+
+    ``commit_on=`` / ``rollback_on=`` / ``durable=`` as for `with_services`.
+    """
     return UnitOfWork(
         database=database,
         propagation=propagation,
         read_only=read_only,
         isolation_level=isolation_level,
         retry=retry,
+        events=_events(durable, commit_on, rollback_on),
     )
 
 
@@ -373,6 +427,7 @@ class ServicesContext(Generic[T]):
         propagation: PropagationArg,
         read_only: bool,
         isolation_level: str | None,
+        events: dict[str, Any],
     ) -> None:
         if session is not None and connection is not None:
             raise ValueError(BOTH_SESSION_AND_CONNECTION)
@@ -390,6 +445,7 @@ class ServicesContext(Generic[T]):
             read_only=read_only,
             isolation_level=isolation_level,
             what="provide_services(" + ", ".join(p.label for p in self._plans) + ")",
+            **events,
         )
         self._unit: ActiveUnit | None = None
         self._closers: list[Any] = []
@@ -430,7 +486,7 @@ class ServicesContext(Generic[T]):
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc is not None:
+        if exc is not None and not self._spec.commits(exc):
             self._fail_sync(exc)
             return
         unit, self._unit = self._unit, None
@@ -468,7 +524,7 @@ class ServicesContext(Generic[T]):
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc is not None:
+        if exc is not None and not self._spec.commits(exc):
             await self._fail_async(exc)
             return
         unit, self._unit = self._unit, None
@@ -492,6 +548,9 @@ def provide_services(
     propagation: PropagationArg = "required",
     read_only: bool = False,
     isolation_level: str | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> ServicesContext[tuple[S1]]: ...
 
 
@@ -507,6 +566,9 @@ def provide_services(
     propagation: PropagationArg = "required",
     read_only: bool = False,
     isolation_level: str | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> ServicesContext[tuple[S1, S2]]: ...
 
 
@@ -523,6 +585,9 @@ def provide_services(
     propagation: PropagationArg = "required",
     read_only: bool = False,
     isolation_level: str | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> ServicesContext[tuple[S1, S2, S3]]: ...
 
 
@@ -540,6 +605,9 @@ def provide_services(
     propagation: PropagationArg = "required",
     read_only: bool = False,
     isolation_level: str | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> ServicesContext[tuple[S1, S2, S3, S4]]: ...
 
 
@@ -558,6 +626,9 @@ def provide_services(
     propagation: PropagationArg = "required",
     read_only: bool = False,
     isolation_level: str | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> ServicesContext[tuple[S1, S2, S3, S4, S5]]: ...
 
 
@@ -577,6 +648,9 @@ def provide_services(
     propagation: PropagationArg = "required",
     read_only: bool = False,
     isolation_level: str | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> ServicesContext[tuple[S1, S2, S3, S4, S5, S6]]: ...
 
 
@@ -589,6 +663,9 @@ def provide_services(
     propagation: PropagationArg = "required",
     read_only: bool = False,
     isolation_level: str | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> ServicesContext[tuple[Any, ...]]: ...
 
 
@@ -600,6 +677,9 @@ def provide_services(
     propagation: PropagationArg = "required",
     read_only: bool = False,
     isolation_level: str | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> ServicesContext[Any]:
     """A unit with `services` built in it: ``with provide_services(A, B) as (a, b):`` (or ``async with``).
 
@@ -615,4 +695,5 @@ def provide_services(
         propagation=propagation,
         read_only=read_only,
         isolation_level=isolation_level,
+        events=_events(durable, commit_on, rollback_on),
     )

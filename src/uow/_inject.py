@@ -164,7 +164,7 @@ class FunctionPlan:
         # nothing: it is taken when there is no retry policy, every service is a class built from the
         # session alone, no `override` block is active and the caller passed none of `caller_names`.
         # A framework connection parameter may arrive positionally, so only the general path reads it.
-        general = retry is not None or connection_param is not None or bool(session_classes)
+        general = retry is not None or connection_param is not None or bool(session_classes) or bool(spec.commit_on)
         self.direct: DirectBuilder | None = None if general else direct_builder(targets, session_params)
         # The commonest direct case, built inline by the wrappers: one service class taking the session first.
         self.single = single_positional(targets, session_params) if self.direct is not None else None
@@ -230,6 +230,7 @@ def plan_function(
     isolation_level: str | None,
     retry: Retry | int | None,
     decorator: str,
+    **events: Any,
 ) -> FunctionPlan:
     """Decide, once, how to call `fn` with `services` injected."""
     if isinstance(fn, (property, functools.cached_property)):
@@ -255,6 +256,7 @@ def plan_function(
         read_only=read_only,
         isolation_level=isolation_level,
         what=what,
+        **events,
     )
     retry_policy = parse_retry(retry, what=what)
     if spec.database is not None and spec.database.is_async != is_async:
@@ -664,7 +666,7 @@ def call_sync(plan: FunctionPlan, args: tuple[Any, ...], kwargs: dict[str, Any])
         try:
             return _attempt_sync(plan, args, kwargs, session, request_tx, supplied)
         except Exception as exc:
-            if not plan.retry.should_retry(exc, attempt):
+            if not plan.retry.should_retry(exc, attempt) or plan.spec.commits(exc):
                 raise
             delay = plan.retry.delay(attempt)
             _log_retry(plan, attempt, exc, delay)
@@ -687,7 +689,10 @@ def _attempt_sync(
         call_args, call_kwargs = _layout(plan, args, kwargs, values)
         result = plan.fn(*call_args, **call_kwargs)
     except BaseException as exc:
-        _fail_sync(unit, closers, exc)
+        if plan.spec.commits(exc):  # commit_on=: the unit commits, the exception still propagates
+            _succeed_sync(unit, closers)
+        else:
+            _fail_sync(unit, closers, exc)
         raise
     _succeed_sync(unit, closers)
     return result
@@ -737,7 +742,7 @@ async def call_async(plan: FunctionPlan, args: tuple[Any, ...], kwargs: dict[str
         try:
             return await _attempt_async(plan, args, kwargs, session, request_tx, supplied)
         except Exception as exc:
-            if not plan.retry.should_retry(exc, attempt):
+            if not plan.retry.should_retry(exc, attempt) or plan.spec.commits(exc):
                 raise
             delay = plan.retry.delay(attempt)
             _log_retry(plan, attempt, exc, delay)
@@ -760,7 +765,10 @@ async def _attempt_async(
         call_args, call_kwargs = _layout(plan, args, kwargs, values)
         result = await plan.fn(*call_args, **call_kwargs)
     except BaseException as exc:
-        await _fail_async(unit, closers, exc)
+        if plan.spec.commits(exc):  # commit_on=: the unit commits, the exception still propagates
+            await _succeed_async(unit, closers)
+        else:
+            await _fail_async(unit, closers, exc)
         raise
     await _succeed_async(unit, closers)
     return result
@@ -937,8 +945,9 @@ def decorate(
     isolation_level: str | None,
     retry: Retry | int | None,
     decorator: str,
+    **events: Any,
 ) -> Any:
-    """Decorate a function, method, classmethod or staticmethod."""
+    """Decorate a function, method, classmethod or staticmethod (`events`: `UnitSpec`'s durable=, commit_on=, rollback_on=)."""
     if isinstance(target, (classmethod, staticmethod)):
         inner = decorate(
             target.__func__,
@@ -949,6 +958,7 @@ def decorate(
             isolation_level=isolation_level,
             retry=retry,
             decorator=decorator,
+            **events,
         )
         return type(target)(inner)
     plan = plan_function(
@@ -960,5 +970,6 @@ def decorate(
         isolation_level=isolation_level,
         retry=retry,
         decorator=decorator,
+        **events,
     )
     return wrap(plan)
