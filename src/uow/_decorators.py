@@ -22,8 +22,8 @@ from uow._providers import ServicePlan, build_async, build_sync, close_async, cl
 from uow._retry import Retry
 from uow._unit import (
     ActiveUnit,
-    Propagation,
     ExceptionClasses,
+    Propagation,
     UnitSpec,
     _is_interrupt,
     _note_secondary,

@@ -63,9 +63,9 @@ __all__ = [
     "Propagation",
     "Scope",
     "Transaction",
+    "before_commit",
     "current_session",
     "join_innermost",
-    "before_commit",
     "on_commit",
     "on_completion",
     "on_rollback",
@@ -370,9 +370,7 @@ class Transaction:
         _release_guard(session.info)
         ender = asyncio.current_task()
         try:
-            (committed, interrupt), cancellation = await _to_completion(
-                self._end_or_abandon_async(session, exc, ender)
-            )
+            (committed, interrupt), cancellation = await _to_completion(self._end_or_abandon_async(session, exc, ender))
         except BaseException:
             if self.hooks:
                 await self.run_hooks_async(Outcome.UNKNOWN if self.unknown else Outcome.ROLLED_BACK)
@@ -586,9 +584,7 @@ def _due(hooks: list[tuple[AnyHook, Scope, int]], outcome: Outcome) -> list[tupl
 
     Handed to `uow.testing`'s capture instead when one is active (then nothing is left to run here).
     """
-    first = (
-        AFTER_COMMIT if outcome is Outcome.COMMITTED else AFTER_ROLLBACK if outcome is Outcome.ROLLED_BACK else -1
-    )
+    first = AFTER_COMMIT if outcome is Outcome.COMMITTED else AFTER_ROLLBACK if outcome is Outcome.ROLLED_BACK else -1
     due = [(cb, phase) for cb, _, phase in hooks if phase == first]
     due.extend((cb, phase) for cb, _, phase in hooks if phase == AFTER_COMPLETION)
     captured = hook_capture.get()
@@ -831,14 +827,16 @@ def parse_exception_classes(value: object, *, option: str, what: str) -> tuple[t
     """`value` as a tuple of exception classes, or a `ConfigurationError` saying what is wrong."""
     if value is None:
         return ()
-    classes = tuple(value) if isinstance(value, (tuple, list, set, frozenset)) else (value,)
-    for cls in classes:
+    given: tuple[object, ...] = tuple(value) if isinstance(value, (tuple, list, set, frozenset)) else (value,)
+    classes: list[type[BaseException]] = []
+    for cls in given:
         if not (isinstance(cls, type) and issubclass(cls, BaseException)):
             raise ConfigurationError(
                 f"{what}: {option}= needs exception classes (a class such as ValueError, or a tuple of them), "
                 f"got {cls!r}"
             )
-    return classes
+        classes.append(cls)
+    return tuple(classes)
 
 
 class UnitSpec:

@@ -164,7 +164,7 @@ class Model:
             self._after(dropped, "rolled_back")
             return error if error is not None else None if scope.quiet else ROLLBACK_ONLY
         if error is None and not scope.rollback_only:
-            for phase, event, _ in [h for h in tx.hooks if h[0] == BEFORE]:
+            for _phase, event, _ in [h for h in tx.hooks if h[0] == BEFORE]:
                 self.events.append(event)
                 if event.startswith("v"):
                     error = Veto(int(event[1:]))
