@@ -11,7 +11,17 @@ from uow._decorators import provide_services, unit_of_work, with_services
 from uow._markers import injected
 from uow._providers import override
 from uow._retry import Retry, is_transient
-from uow._unit import Propagation, current_session, current_session_async, on_commit
+from uow._unit import (
+    Outcome,
+    Propagation,
+    before_commit,
+    current_session,
+    current_session_async,
+    on_commit,
+    on_completion,
+    on_rollback,
+    set_rollback_only,
+)
 from uow.errors import (
     ConfigurationError,
     DatabaseUnavailable,
@@ -32,6 +42,7 @@ __all__ = [
     "InjectionError",
     "MissingDependencyError",
     "NoActiveUnitOfWork",
+    "Outcome",
     "OwnershipError",
     "Propagation",
     "PropagationError",
@@ -39,6 +50,7 @@ __all__ = [
     "RollbackOnlyError",
     "UnitTimeoutError",
     "UowError",
+    "before_commit",
     "configure",
     "current_session",
     "current_session_async",
@@ -46,8 +58,11 @@ __all__ = [
     "injected",
     "is_transient",
     "on_commit",
+    "on_completion",
+    "on_rollback",
     "override",
     "provide_services",
+    "set_rollback_only",
     "unit_of_work",
     "with_services",
 ]

@@ -33,6 +33,7 @@ from uow._retry import Retry
 from uow._timeout import Deadline, begin_deadline, parse_timeout
 from uow._unit import (
     ActiveUnit,
+    ExceptionClasses,
     Propagation,
     UnitSpec,
     _is_interrupt,
@@ -90,6 +91,9 @@ def with_services(  # pyright: ignore[reportOverlappingOverload]
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
     timeout: float | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> _Decorator1[S1]: ...
 
 
@@ -105,6 +109,9 @@ def with_services(
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
     timeout: float | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> _Decorator2[S1, S2]: ...
 
 
@@ -121,6 +128,9 @@ def with_services(
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
     timeout: float | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> _Decorator3[S1, S2, S3]: ...
 
 
@@ -138,6 +148,9 @@ def with_services(
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
     timeout: float | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> _Decorator4[S1, S2, S3, S4]: ...
 
 
@@ -156,6 +169,9 @@ def with_services(
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
     timeout: float | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> _Decorator5[S1, S2, S3, S4, S5]: ...
 
 
@@ -175,6 +191,9 @@ def with_services(
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
     timeout: float | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> _Decorator6[S1, S2, S3, S4, S5, S6]: ...
 
 
@@ -187,6 +206,9 @@ def with_services(
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
     timeout: float | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> _AnyDecorator: ...
 
 
@@ -198,14 +220,19 @@ def with_services(
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
     timeout: float | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> Any:
     """Decorate a function so it runs in a unit of work with `services` built and passed in as keyword arguments.
 
-    The unit commits when the function returns and rolls back when it raises; it joins
-    a unit already active for the same database (see `propagation`). Callers may pass
-    ``session=`` (join a session they own), ``connection=`` (join a request's unit) or a
-    service under its parameter name (used as is). A parameter marked ``= injected()`` that no
-    listed service takes gets its own (`uow.injected`).
+    The unit commits when the function returns and rolls back when it raises (unless the
+    exception matches ``commit_on=`` and not ``rollback_on=``: then it commits, and the exception
+    still propagates); it joins a unit already active for the same database (see `propagation`;
+    ``durable=True`` refuses to run inside one). Callers may pass ``session=`` (join a session
+    they own), ``connection=`` (join a request's unit) or a service under its parameter name
+    (used as is). A parameter marked ``= injected()`` that no listed service takes gets its own
+    (`uow.injected`).
     """
     if not services:
         raise ValueError(NO_SERVICES)
@@ -218,11 +245,34 @@ def with_services(
         retry=retry,
         timeout=timeout,
         name="with_services",
+        events=_events(durable, commit_on, rollback_on),
     )
 
 
+def _events(durable: bool, commit_on: ExceptionClasses, rollback_on: ExceptionClasses) -> dict[str, Any]:
+    """The keyword options of issue 16, passed on only when set (the common call stays as it was)."""
+    options: dict[str, Any] = {}
+    if durable is not False:
+        options["durable"] = durable
+    if commit_on is not None:
+        options["commit_on"] = commit_on
+    if rollback_on is not None:
+        options["rollback_on"] = rollback_on
+    return options
+
+
 class _ServicesDecorator:
-    __slots__ = ("database", "isolation_level", "name", "propagation", "read_only", "retry", "services", "timeout")
+    __slots__ = (
+        "database",
+        "events",
+        "isolation_level",
+        "name",
+        "propagation",
+        "read_only",
+        "retry",
+        "services",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -235,6 +285,7 @@ class _ServicesDecorator:
         retry: Retry | int | None,
         timeout: float | None,
         name: str,
+        events: dict[str, Any],
     ) -> None:
         self.services = tuple(services)
         self.database = database
@@ -245,6 +296,7 @@ class _ServicesDecorator:
         self.timeout = timeout
         self.name = name
         parse_timeout(timeout, what=f"@{name}(...)")  # refused here already, before a function is decorated
+        self.events = events
 
     def __call__(self, fn: Any, /) -> Any:
         return decorate(
@@ -257,6 +309,7 @@ class _ServicesDecorator:
             retry=self.retry,
             decorator=self.name,
             timeout=self.timeout,
+            **self.events,
         )
 
 
@@ -268,7 +321,7 @@ class UnitOfWork:
     builds the service of each parameter marked ``= injected()`` (`uow.injected`).
     """
 
-    __slots__ = ("_spec", "database", "isolation_level", "propagation", "read_only", "retry", "timeout")
+    __slots__ = ("_spec", "database", "events", "isolation_level", "propagation", "read_only", "retry", "timeout")
 
     def __init__(
         self,
@@ -279,6 +332,7 @@ class UnitOfWork:
         isolation_level: str | None,
         retry: Retry | int | None,
         timeout: float | None = None,
+        events: dict[str, Any],
     ) -> None:
         self.database = database
         self.propagation = propagation
@@ -286,6 +340,7 @@ class UnitOfWork:
         self.isolation_level = isolation_level
         self.retry = retry
         self.timeout = timeout
+        self.events = events
         self._spec = UnitSpec(
             database=database,
             propagation=propagation,
@@ -293,6 +348,7 @@ class UnitOfWork:
             isolation_level=isolation_level,
             what="unit_of_work()",
             timeout=parse_timeout(timeout, what="unit_of_work()"),
+            **events,
         )
 
     # The function's type minus a first Session / AsyncSession parameter, plus session= / connection=.
@@ -323,6 +379,7 @@ class UnitOfWork:
             retry=self.retry,
             decorator="unit_of_work",
             timeout=self.timeout,
+            **self.events,
         )
         return decorated
 
@@ -346,7 +403,8 @@ class UnitOfWork:
     ) -> None:
         unit, deadline = _pop_entered(self)
         ending = exc if deadline is None else deadline.leave(exc)
-        exit_sync(unit, ending)
+        # commit_on=: the unit commits and the exception still propagates; never for a timed-out unit.
+        exit_sync(unit, None if ending is None or (ending is exc and self._spec.commits(exc)) else ending)
         if ending is not None and ending is not exc:
             raise ending from exc
 
@@ -363,7 +421,8 @@ class UnitOfWork:
     ) -> None:
         unit, deadline = _pop_entered(self)
         ending = exc if deadline is None else deadline.leave(exc)
-        await exit_async(unit, ending)
+        # commit_on=: the unit commits and the exception still propagates; never for a timed-out unit.
+        await exit_async(unit, None if ending is None or (ending is exc and self._spec.commits(exc)) else ending)
         if ending is not None and ending is not exc:
             raise ending from exc
 
@@ -395,8 +454,13 @@ def unit_of_work(
     isolation_level: str | None = None,
     retry: Retry | int | None = None,
     timeout: float | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> UnitOfWork:
-    """A unit of work: ``with unit_of_work() as session:``, or ``@unit_of_work()``.
+    """A unit of work without services: ``with unit_of_work() as session:``, or ``@unit_of_work()``.
+
+    ``commit_on=`` / ``rollback_on=`` / ``durable=`` as for `with_services`.
 
     As a decorator it also fills the parameters marked ``= injected()``: type checkers then see the
     function's own signature, exact in every layout (docs/typing.md).
@@ -408,6 +472,7 @@ def unit_of_work(
         isolation_level=isolation_level,
         retry=retry,
         timeout=timeout,
+        events=_events(durable, commit_on, rollback_on),
     )
 
 
@@ -463,6 +528,7 @@ class ServicesContext(Generic[T]):
         read_only: bool,
         isolation_level: str | None,
         timeout: float | None = None,
+        events: dict[str, Any],
     ) -> None:
         if session is not None and connection is not None:
             raise ValueError(BOTH_SESSION_AND_CONNECTION)
@@ -481,6 +547,7 @@ class ServicesContext(Generic[T]):
             isolation_level=isolation_level,
             what=self._prepared.what,
             timeout=parse_timeout(timeout, what=self._prepared.what),
+            **events,
         )
         self._unit: ActiveUnit | None = None
         self._deadline: Deadline | None = None
@@ -537,7 +604,8 @@ class ServicesContext(Generic[T]):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         ending = self._leave(exc)
-        if ending is not None:
+        # commit_on=: the unit commits and the exception still propagates; never for a timed-out block.
+        if ending is not None and not (ending is exc and self._spec.commits(exc)):
             self._fail_sync(ending)
             if ending is not exc:
                 raise ending from exc
@@ -588,7 +656,8 @@ class ServicesContext(Generic[T]):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         ending = self._leave(exc)
-        if ending is not None:
+        # commit_on=: the unit commits and the exception still propagates; never for a timed-out block.
+        if ending is not None and not (ending is exc and self._spec.commits(exc)):
             await self._fail_async(ending)
             if ending is not exc:
                 raise ending from exc
@@ -616,6 +685,9 @@ def provide_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     timeout: float | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> ServicesContext[tuple[S1]]: ...
 
 
@@ -632,6 +704,9 @@ def provide_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     timeout: float | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> ServicesContext[tuple[S1, S2]]: ...
 
 
@@ -649,6 +724,9 @@ def provide_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     timeout: float | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> ServicesContext[tuple[S1, S2, S3]]: ...
 
 
@@ -667,6 +745,9 @@ def provide_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     timeout: float | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> ServicesContext[tuple[S1, S2, S3, S4]]: ...
 
 
@@ -686,6 +767,9 @@ def provide_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     timeout: float | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> ServicesContext[tuple[S1, S2, S3, S4, S5]]: ...
 
 
@@ -706,6 +790,9 @@ def provide_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     timeout: float | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> ServicesContext[tuple[S1, S2, S3, S4, S5, S6]]: ...
 
 
@@ -719,6 +806,9 @@ def provide_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     timeout: float | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> ServicesContext[tuple[Any, ...]]: ...
 
 
@@ -731,6 +821,9 @@ def provide_services(
     read_only: bool = False,
     isolation_level: str | None = None,
     timeout: float | None = None,
+    durable: bool = False,
+    commit_on: ExceptionClasses = None,
+    rollback_on: ExceptionClasses = None,
 ) -> ServicesContext[Any]:
     """A unit with `services` built in it: ``with provide_services(A, B) as (a, b):`` (or ``async with``).
 
@@ -747,4 +840,5 @@ def provide_services(
         read_only=read_only,
         isolation_level=isolation_level,
         timeout=timeout,
+        events=_events(durable, commit_on, rollback_on),
     )

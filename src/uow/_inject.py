@@ -172,7 +172,13 @@ class FunctionPlan:
         # nothing: it is taken when there is no retry policy, every service is a class built from the
         # session alone, no `override` block is active and the caller passed none of `caller_names`.
         # A framework connection parameter may arrive positionally, so only the general path reads it.
-        general = retry is not None or connection_param is not None or bool(session_classes) or spec.timeout is not None
+        general = (
+            retry is not None
+            or connection_param is not None
+            or bool(session_classes)
+            or spec.timeout is not None
+            or bool(spec.commit_on)
+        )
         self.direct: DirectBuilder | None = None if general else direct_builder(targets, session_params)
         # The commonest direct case, built inline by the wrappers: one service class taking the session first.
         self.single = single_positional(targets, session_params) if self.direct is not None else None
@@ -239,6 +245,7 @@ def plan_function(
     retry: Retry | int | None,
     decorator: str,
     timeout: float | None = None,
+    **events: Any,
 ) -> FunctionPlan:
     """Decide, once, how to call `fn` with `services` injected."""
     if isinstance(fn, (property, functools.cached_property)):
@@ -265,6 +272,7 @@ def plan_function(
         isolation_level=isolation_level,
         what=what,
         timeout=parse_timeout(timeout, what=what),
+        **events,
     )
     retry_policy = parse_retry(retry, what=what)
     if spec.database is not None and spec.database.is_async != is_async:
@@ -745,7 +753,7 @@ def _retry_sync(plan: FunctionPlan, args: tuple[Any, ...], kwargs: dict[str, Any
         try:
             return _attempt_sync(plan, args, kwargs, None, None, supplied)
         except Exception as exc:
-            if not plan.retry.should_retry(exc, attempt):
+            if not plan.retry.should_retry(exc, attempt) or plan.spec.commits(exc):
                 raise
             delay = plan.retry.delay(attempt)
             _log_retry(plan, attempt, exc, delay)
@@ -770,6 +778,9 @@ def _attempt_sync(
         result = plan.fn(*call_args, **call_kwargs)
     except BaseException as exc:
         ending = exc if deadline is None else (deadline.leave(exc) or exc)
+        if ending is exc and plan.spec.commits(exc):  # commit_on=: the unit commits, the exception still propagates
+            _succeed_sync(unit, closers)
+            raise
         _fail_sync(unit, closers, ending)
         if ending is exc:
             raise
@@ -834,7 +845,7 @@ async def _retry_async(
         try:
             return await _attempt_async(plan, args, kwargs, None, None, supplied)
         except Exception as exc:
-            if not plan.retry.should_retry(exc, attempt):
+            if not plan.retry.should_retry(exc, attempt) or plan.spec.commits(exc):
                 raise
             delay = plan.retry.delay(attempt)
             _log_retry(plan, attempt, exc, delay)
@@ -859,6 +870,9 @@ async def _attempt_async(
         result = await plan.fn(*call_args, **call_kwargs)
     except BaseException as exc:
         ending = exc if deadline is None else (deadline.leave(exc) or exc)
+        if ending is exc and plan.spec.commits(exc):  # commit_on=: the unit commits, the exception still propagates
+            await _succeed_async(unit, closers)
+            raise
         await _fail_async(unit, closers, ending)
         if ending is exc:
             raise
@@ -1100,8 +1114,9 @@ def decorate(
     retry: Retry | int | None,
     decorator: str,
     timeout: float | None = None,
+    **events: Any,
 ) -> Any:
-    """Decorate a function, method, classmethod or staticmethod."""
+    """Decorate a function, method, classmethod or staticmethod (`events`: `UnitSpec`'s durable=, commit_on=, rollback_on=)."""
     if isinstance(target, (classmethod, staticmethod)):
         inner = decorate(
             target.__func__,
@@ -1113,6 +1128,7 @@ def decorate(
             retry=retry,
             decorator=decorator,
             timeout=timeout,
+            **events,
         )
         return type(target)(inner)
     plan = plan_function(
@@ -1125,5 +1141,6 @@ def decorate(
         retry=retry,
         decorator=decorator,
         timeout=timeout,
+        **events,
     )
     return wrap(plan)

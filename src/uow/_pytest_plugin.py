@@ -197,7 +197,8 @@ def uow_override() -> Iterator[Callable[[Any, Any], None]]:
 def uow_captured_hooks() -> Iterator[CapturedHooks]:
     """The ``on_commit`` hooks of units committed during the test, captured instead of run.
 
-    Assert on the list, or run them with ``.run()`` / ``await .run_async()``.
+    Assert on the list, or run them with ``.run()`` / ``await .run_async()``; ``.rollback`` and
+    ``.completion`` hold the ``on_rollback`` and ``on_completion`` hooks the same way.
     """
     with capture_on_commit() as hooks:
         yield hooks

@@ -13,7 +13,7 @@ import contextvars
 import inspect
 import logging
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -22,10 +22,28 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from sqlalchemy.orm import Session, sessionmaker
 
 from uow._database import AnySessionFactory, Database, resolve_database
-from uow._unit import OPENED_BY_KEY, Frame, Hook, _current, hook_capture, innermost_frame, release_guard
+from uow._unit import (
+    AFTER_COMMIT,
+    AFTER_ROLLBACK,
+    OPENED_BY_KEY,
+    Frame,
+    Hook,
+    Outcome,
+    _current,
+    hook_capture,
+    innermost_frame,
+    release_guard,
+)
 from uow.errors import ConfigurationError, UowError
 
-__all__ = ["CapturedHooks", "UnitLeftOpenError", "bound_to_transaction", "capture_on_commit"]
+__all__ = [
+    "CapturedCompletion",
+    "CapturedHooks",
+    "HookList",
+    "UnitLeftOpenError",
+    "bound_to_transaction",
+    "capture_on_commit",
+]
 
 logger = logging.getLogger("uow")
 
@@ -372,8 +390,8 @@ async def _close_quietly_async(session: AsyncSession) -> None:
 # -- captured hooks ---------------------------------------------------------------------------
 
 
-class CapturedHooks(list[Hook]):
-    """The ``on_commit`` hooks captured by `capture_on_commit`, in the order they would have run."""
+class HookList(list[Hook]):
+    """Captured hooks of one phase, in the order they would have run."""
 
     def run(self) -> None:
         """Run the captured hooks now, in order, and forget them.
@@ -402,20 +420,75 @@ class CapturedHooks(list[Hook]):
         return iter(hooks)
 
 
-class capture_on_commit:
-    """Collect, instead of running, the ``on_commit`` hooks of units that commit inside the block.
+class CapturedCompletion:
+    """A captured ``on_completion`` hook with the outcome it would have been told; calling it runs the hook so."""
 
-    ``with capture_on_commit() as hooks:`` yields a `CapturedHooks` list: assert on it, or call
-    ``hooks.run()`` / ``await hooks.run_async()``. With ``execute=True`` the hooks run when the
-    block ends without an error (``async with`` awaits async hooks). Hooks of units that roll
-    back are dropped as always and never captured. The capture follows the context: units run
+    __slots__ = ("callback", "outcome")
+
+    def __init__(self, callback: Callable[[Outcome], Any], outcome: Outcome) -> None:
+        self.callback = callback
+        self.outcome = outcome
+
+    def __call__(self) -> Any:
+        return self.callback(self.outcome)
+
+    def __repr__(self) -> str:
+        return f"CapturedCompletion({self.callback!r}, {self.outcome})"
+
+
+class CapturedHooks(HookList):
+    """The ``on_commit`` hooks captured by `capture_on_commit`, in the order they would have run.
+
+    ``.rollback`` holds the ``on_rollback`` hooks, ``.completion`` the ``on_completion`` ones (each a
+    `CapturedCompletion`: ``.callback`` and the ``.outcome`` it would have been told). ``before_commit``
+    hooks are part of the unit's work: they run as always and are never captured.
+    """
+
+    def __init__(self, hooks: Iterable[Hook] = ()) -> None:
+        super().__init__(hooks)
+        self.rollback = HookList()
+        self.completion = HookList()
+
+    def take(self, due: list[tuple[Callable[..., Any], int]], outcome: Outcome) -> None:
+        """Keep the hooks a unit that ended with `outcome` would run now (called by the unit)."""
+        for callback, phase in due:
+            if phase == AFTER_COMMIT:
+                self.append(callback)
+            elif phase == AFTER_ROLLBACK:
+                self.rollback.append(callback)
+            else:
+                self.completion.append(CapturedCompletion(callback, outcome))
+
+    def run_all(self) -> None:
+        """Run the captured ``on_commit``, then ``on_rollback``, then ``on_completion`` hooks, and forget them."""
+        self.run()
+        self.rollback.run()
+        self.completion.run()
+
+    async def run_all_async(self) -> None:
+        """`run_all`, awaiting async hooks."""
+        await self.run_async()
+        await self.rollback.run_async()
+        await self.completion.run_async()
+
+
+class capture_on_commit:
+    """Collect, instead of running, the hooks due after units end inside the block.
+
+    ``with capture_on_commit() as hooks:`` yields a `CapturedHooks` list of the ``on_commit``
+    hooks of units that committed (``hooks.rollback``: the ``on_rollback`` hooks of units and
+    savepoints that rolled back; ``hooks.completion``: the ``on_completion`` hooks, with their
+    outcome): assert on them, or call ``hooks.run()`` / ``await hooks.run_async()`` (``run_all``
+    for the three). With ``execute=True`` all of them run when the block ends without an error
+    (``async with`` awaits async hooks). ``on_commit`` hooks of units that roll back are dropped
+    as always and never captured; ``before_commit`` hooks run as always. The capture follows the context: units run
     by this task (or tasks and threads started with a copy of its context) are captured.
     """
 
     def __init__(self, *, execute: bool = False) -> None:
         self.execute = execute
         self.hooks = CapturedHooks()
-        self._token: contextvars.Token[list[Hook] | None] | None = None
+        self._token: contextvars.Token[CapturedHooks | None] | None = None
 
     def __enter__(self) -> CapturedHooks:
         self._token = hook_capture.set(self.hooks)
@@ -426,7 +499,7 @@ class capture_on_commit:
     ) -> None:
         self._stop()
         if self.execute and exc is None:
-            self.hooks.run()
+            self.hooks.run_all()
 
     async def __aenter__(self) -> CapturedHooks:
         return self.__enter__()
@@ -436,7 +509,7 @@ class capture_on_commit:
     ) -> None:
         self._stop()
         if self.execute and exc is None:
-            await self.hooks.run_async()
+            await self.hooks.run_all_async()
 
     def _stop(self) -> None:
         if self._token is not None:

@@ -44,7 +44,7 @@ from threading import get_ident
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from sqlalchemy import Connection, Engine, event
-from sqlalchemy.exc import UnboundExecutionError
+from sqlalchemy.exc import DBAPIError, UnboundExecutionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, AsyncSessionTransaction
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
@@ -64,18 +64,27 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Frame",
+    "Outcome",
     "Propagation",
     "Scope",
     "Transaction",
+    "before_commit",
     "current_session",
     "join_innermost",
     "on_commit",
+    "on_completion",
+    "on_rollback",
+    "set_rollback_only",
 ]
 
 logger = logging.getLogger("uow")
 
+if TYPE_CHECKING:
+    from uow._testing import CapturedHooks
+
 AnySession = Union[Session, AsyncSession]
 Hook = Callable[[], Any]
+AnyHook = Callable[..., Any]  # a Hook, or an on_completion hook taking the `Outcome`
 T = TypeVar("T")
 
 
@@ -119,15 +128,36 @@ _REQUIRED, _REQUIRES_NEW, _NESTED, _MANDATORY, _NEVER = (
 )
 
 
-class Scope:
-    """The root of a transaction or one savepoint in it; carries the rollback-only mark."""
+class Outcome(str, enum.Enum):
+    """How a unit of work ended, as `on_completion` hooks are told."""
 
-    __slots__ = ("parent", "rollback_only", "savepoint")
+    COMMITTED = "committed"
+    """COMMIT went through: the work is in the database."""
+    ROLLED_BACK = "rolled_back"
+    """The work was rolled back (an exception, `set_rollback_only`, read-only, a vetoing hook, a refused COMMIT)."""
+    UNKNOWN = "unknown"
+    """COMMIT was sent but its result could not be known: the connection dropped (or the unit was interrupted) during it."""
+
+
+# The phases a hook can be registered for (`Transaction.hooks` holds (callback, scope, phase)).
+BEFORE_COMMIT, AFTER_COMMIT, AFTER_ROLLBACK, AFTER_COMPLETION = 0, 1, 2, 3
+_PHASE_NAMES = ("before_commit", "on_commit", "on_rollback", "on_completion")
+
+
+class Scope:
+    """The root of a transaction or one savepoint in it; carries the rollback-only marks.
+
+    ``rollback_only``: an inner failure doomed it (leaving it without an exception raises
+    `RollbackOnlyError`); ``quiet``: `set_rollback_only` asked for a rollback (no error).
+    """
+
+    __slots__ = ("parent", "quiet", "rollback_only", "savepoint")
 
     def __init__(self, parent: Scope | None, savepoint: SessionTransaction | AsyncSessionTransaction | None) -> None:
         self.parent = parent
         self.savepoint = savepoint
         self.rollback_only = False
+        self.quiet = False
 
     def is_within(self, other: Scope) -> bool:
         scope: Scope | None = self
@@ -161,6 +191,7 @@ class Transaction:
         "read_only",
         "root",
         "session",
+        "unknown",
         "what",
     )
 
@@ -184,7 +215,8 @@ class Transaction:
             isinstance(session, AsyncSession) if session is not None else bool(database and database.is_async)
         )
         self.root = Scope(None, None)
-        self.hooks: list[tuple[Hook, Scope]] = []
+        self.hooks: list[tuple[Hook, Scope, int]] = []
+        self.unknown = False  # COMMIT failed in a way that leaves its result unknown (a dropped connection)
         self.finished = False
         if session is not None and owned:
             _guard(session, self)
@@ -251,9 +283,16 @@ class Transaction:
     def finish_sync(self, exc: BaseException | None) -> None:
         """Commit (no exception, not rollback-only, not read-only) or roll back; always close; then run hooks.
 
-        Once COMMIT went through, the unit's work is done: a failure while releasing or closing
-        afterwards is logged, not raised, and the hooks still run (an interrupt is re-raised after them).
+        ``before_commit`` hooks run first, inside the unit; one that raises vetoes the commit (the unit
+        rolls back and that error is raised). Once COMMIT went through, the unit's work is done: a
+        failure while releasing or closing afterwards is logged, not raised, and the hooks still run
+        (an interrupt is re-raised after them).
         """
+        if self.hooks and exc is None and not (self.root.rollback_only or self.read_only):
+            veto = self._before_commit_sync()
+            if veto is not None:
+                self.finish_sync(veto)
+                raise veto
         me = get_ident()
         with _lock:  # a thread joining right now either sees the unit finished or is seen inside
             self.finished = True
@@ -266,62 +305,74 @@ class Transaction:
                 # Ending is a statement too: another thread using the session meanwhile is refused.
                 self.busy = me
         try:
-            session = self.session
-            if straggler is not None or session is None or exc is not None or self.root.rollback_only or self.read_only:
-                self._end_without_commit_sync(session, exc, straggler)
-                return
-            # The commit, written out here: every owning sync unit that succeeds comes this way.
-            assert isinstance(session, Session)
-            info = session.info
-            info.pop(_GUARD_KEY, None)  # `_release_guard`: from here on it is uow ending the session
-            transaction = session.get_transaction()
-            if transaction is not None and not transaction.is_active:  # a failed flush rolled it back
-                self._roll_back_sync(session, None)
-                raise _flush_failed_error(self)
-            observed = self.observed
-            if observed is not None:
-                observed.committing()
             try:
-                interrupt = _commit_sync(session)
-            except BaseException as failure:
-                # The commit failed: that failure is what the caller sees, not a close error.
-                _close_preserving_sync(session, failure)
-                raise
-            if observed is not None:
-                observed.committed()
-            try:  # a failure to close is logged (the commit stands), an interrupt handed back
-                session.close()
-            except BaseException as failure:
-                interrupt = _close_failed_after_commit_sync(session, failure) or interrupt
-            if _TX_KEY in info:  # `_seal`
-                info[_CLOSED_KEY] = True
-            # The one place an owning sync unit decides whether anything follows its COMMIT: with no hook
-            # registered nothing does (`run_hooks_sync` of no hooks hands nothing on, even to a test capture).
+                committed, interrupt = self._end_sync(exc, straggler)
+            finally:
+                if straggler is None:
+                    self.busy = None
+        except BaseException:
             if self.hooks:
-                self.run_hooks_sync()
-            if interrupt is not None:
-                raise interrupt
-        finally:
-            if straggler is None:
-                self.busy = None
+                self.run_hooks_sync(Outcome.UNKNOWN if self.unknown else Outcome.ROLLED_BACK)
+            raise
+        # The one place an owning sync unit decides whether anything follows its end: with no hook
+        # registered nothing does (`run_hooks_sync` of no hooks hands nothing on, even to a test capture).
+        if self.hooks:
+            self.run_hooks_sync(Outcome.COMMITTED if committed else Outcome.ROLLED_BACK)
+        if interrupt is not None:
+            raise interrupt
+
+    def _end_sync(
+        self, exc: BaseException | None, straggler: PropagationError | None
+    ) -> tuple[bool, BaseException | None]:
+        """Commit or roll back, then close: (whether it committed, an interrupt to re-raise after hooks)."""
+        session = self.session
+        if straggler is not None or session is None or exc is not None or self.root.rollback_only or self.read_only:
+            return self._end_without_commit_sync(session, exc, straggler), None
+        # The commit, written out here: every owning sync unit that succeeds comes this way.
+        assert isinstance(session, Session)
+        info = session.info
+        info.pop(_GUARD_KEY, None)  # `_release_guard`: from here on it is uow ending the session
+        transaction = session.get_transaction()
+        if transaction is not None and not transaction.is_active:  # a failed flush rolled it back
+            self._roll_back_sync(session, None)
+            raise _flush_failed_error(self)
+        observed = self.observed
+        if observed is not None:
+            observed.committing()
+        try:
+            interrupt = _commit_sync(session)
+        except BaseException as failure:
+            # The commit failed: that failure is what the caller sees, not a close error.
+            self.unknown = _commit_result_unknown(failure)
+            _close_preserving_sync(session, failure)
+            raise
+        if observed is not None:
+            observed.committed()
+        try:  # a failure to close is logged (the commit stands), an interrupt handed back
+            session.close()
+        except BaseException as failure:
+            interrupt = _close_failed_after_commit_sync(session, failure) or interrupt
+        if _TX_KEY in info:  # `_seal`
+            info[_CLOSED_KEY] = True
+        return True, interrupt
 
     def _end_without_commit_sync(
         self, session: AnySession | None, exc: BaseException | None, straggler: PropagationError | None
-    ) -> None:
+    ) -> bool:
+        """Roll back (or abandon to a straggler) and close; whether the unit counts as committed."""
         if session is None:
             if straggler is not None:
-                self.hooks.clear()
                 if exc is None:
                     raise straggler
-                return
-            self._finish_without_session(exc)
-            return
+                return False
+            return self._finish_without_session(exc)
         assert isinstance(session, Session)
         _release_guard(session.info)
         if straggler is not None:
             self._abandon_sync(session, exc, straggler)
-            return
+            return False
         self._roll_back_sync(session, exc)
+        return False
 
     def _roll_back_sync(self, session: Session, exc: BaseException | None) -> None:
         try:
@@ -331,12 +382,11 @@ class Transaction:
             _invalidate_sync(session, failure)
             raise
         _close_preserving_sync(session, exc)
-        if exc is None and self.root.rollback_only:
+        if exc is None and self.root.rollback_only and not self.root.quiet:
             raise _rollback_only_error(self)
 
     def _abandon_sync(self, session: Session, exc: BaseException | None, straggler: PropagationError) -> None:
         # A unit that joined from another thread is still running: never commit under it.
-        self.hooks.clear()
         if self._seal_for_straggler(session):
             self._roll_back_sync(session, exc or straggler)
         if exc is None:
@@ -349,28 +399,44 @@ class Transaction:
         The ending runs to completion even if the task is cancelled meanwhile: a cancellation that
         arrives once the body is over cannot leave a connection checked out or a COMMIT half-known;
         it is re-raised afterwards (after the hooks, when the unit committed). Once COMMIT went
-        through, a failure to close is logged, not raised.
+        through, a failure to close is logged, not raised. ``before_commit`` hooks run first, as in
+        `finish_sync`.
         """
+        if self.hooks and exc is None and not (self.root.rollback_only or self.read_only):
+            veto = await self._before_commit_async()
+            if veto is not None:
+                await self.finish_async(veto)
+                raise veto
         self.finished = True
         session = self.session
         if session is None:
-            if _prune(self):
-                self.hooks.clear()
-                if exc is None:
-                    raise _straggler_error(self)
-                return
-            self._finish_without_session(exc)
-            if exc is None and not self.root.rollback_only:
-                await self._run_async_hooks_only()
+            try:
+                if _prune(self):
+                    if exc is None:
+                        raise _straggler_error(self)
+                    committed = False
+                else:
+                    committed = self._finish_without_session(exc)
+            except BaseException:
+                if self.hooks:
+                    await self.run_hooks_async(Outcome.ROLLED_BACK)
+                raise
+            if self.hooks:
+                await self.run_hooks_async(Outcome.COMMITTED if committed else Outcome.ROLLED_BACK)
             return
         assert isinstance(session, AsyncSession)
         _release_guard(session.info)
         ender = asyncio.current_task()
-        (committed, interrupt), cancellation = await _to_completion(self._end_or_abandon_async(session, exc, ender))
-        # The one place an owning async unit decides whether anything follows its COMMIT: with no hook
+        try:
+            (committed, interrupt), cancellation = await _to_completion(self._end_or_abandon_async(session, exc, ender))
+        except BaseException:
+            if self.hooks:
+                await self.run_hooks_async(Outcome.UNKNOWN if self.unknown else Outcome.ROLLED_BACK)
+            raise
+        # The one place an owning async unit decides whether anything follows its end: with no hook
         # registered nothing does (`run_hooks_async` of no hooks hands nothing on, even to a test capture).
-        if committed and self.hooks:
-            await self.run_hooks_async()
+        if self.hooks:
+            await self.run_hooks_async(Outcome.COMMITTED if committed else Outcome.ROLLED_BACK)
         if cancellation is not None:
             raise cancellation
         if interrupt is not None:
@@ -415,6 +481,7 @@ class Transaction:
             interrupt = await _commit_async(session)
         except BaseException as failure:
             # The commit failed: that failure is what the caller sees, not a close error.
+            self.unknown = _commit_result_unknown(failure)
             await _close_preserving_async(session, failure)
             raise
         if observed is not None:
@@ -429,14 +496,13 @@ class Transaction:
             await _invalidate_async(session, failure)
             raise
         await _close_preserving_async(session, exc)
-        if exc is None and self.root.rollback_only:
+        if exc is None and self.root.rollback_only and not self.root.quiet:
             raise _rollback_only_error(self)
 
     async def _abandon_async(
         self, session: AsyncSession, exc: BaseException | None, straggler: PropagationError
     ) -> None:
         # A unit that joined from another task is still running: never commit under it.
-        self.hooks.clear()
         if self._seal_for_straggler(session):
             await self._roll_back_async(session, exc or straggler)
 
@@ -481,61 +547,132 @@ class Transaction:
             logger.warning("uow: rolling back an abandoned session failed; invalidating its connection")
             await _invalidate_async(session, None)
 
-    def _finish_without_session(self, exc: BaseException | None) -> None:
-        # Nothing touched the database: there is nothing to commit, but hooks still follow the outcome.
-        if exc is None and self.root.rollback_only:
-            self.hooks.clear()
+    def _finish_without_session(self, exc: BaseException | None) -> bool:
+        """Nothing touched the database: nothing to commit, but the outcome still counts. Whether it "committed"."""
+        if exc is None and self.root.rollback_only and not self.root.quiet:
             raise _rollback_only_error(self)
-        if exc is not None:
-            self.hooks.clear()
-        elif not self.is_async:
-            self.run_hooks_sync()
-
-    async def _run_async_hooks_only(self) -> None:
-        await self.run_hooks_async()
+        return exc is None and not self.root.rollback_only
 
     # -- hooks -------------------------------------------------------------------------------
 
-    def add_hook(self, callback: Hook, scope: Scope) -> None:
+    def add_hook(self, callback: AnyHook, scope: Scope, phase: int = AFTER_COMMIT) -> None:
         if not self.is_async and inspect.iscoroutinefunction(callback):
             raise ConfigurationError(
-                f"on_commit({_name(callback)}): an async callback needs an async unit; "
+                f"{_PHASE_NAMES[phase]}({_name(callback)}): an async callback needs an async unit; "
                 "make the hook a plain function or run the unit with an async Database"
             )
         if not self.owned:
+            if phase != AFTER_COMMIT:
+                raise ConfigurationError(
+                    f"{_PHASE_NAMES[phase]}({_name(callback)}): the unit runs in a session passed with session=, "
+                    "whose transaction its caller commits or rolls back, so uow cannot run the hook at that "
+                    "phase; register it inside a unit uow begins (drop session=), or use on_commit()"
+                )
             _attach_to_caller_session(self, callback)
             return
-        self.hooks.append((callback, scope))
+        self.hooks.append((callback, scope, phase))
 
-    def drop_hooks_within(self, scope: Scope) -> None:
-        self.hooks = [(cb, s) for cb, s in self.hooks if not s.is_within(scope)]
+    def drop_hooks_within(self, scope: Scope) -> list[tuple[AnyHook, Scope, int]]:
+        """Forget the hooks registered in `scope` or inside it (it rolled back); those that were dropped."""
+        hooks = self.hooks
+        if not hooks:
+            return []
+        dropped = [hook for hook in hooks if hook[1].is_within(scope)]
+        if dropped:
+            self.hooks = [hook for hook in hooks if not hook[1].is_within(scope)]
+        return dropped
 
-    def run_hooks_sync(self) -> None:
-        hooks, self.hooks = self.hooks, []
-        if _captured_by_test(hooks):
-            return
-        for callback, _ in hooks:
+    def _take_before_commit(self) -> list[AnyHook]:
+        due = [callback for callback, _, phase in self.hooks if phase == BEFORE_COMMIT]
+        if due:
+            self.hooks = [hook for hook in self.hooks if hook[2] != BEFORE_COMMIT]
+        return due
+
+    def _before_commit_sync(self) -> BaseException | None:
+        """Run the before_commit hooks inside the unit (under a frame of their own, so code in them joins
+        it), those they register too; the error of the first that raises (it vetoes the commit)."""
+        token = _current.set(Frame(self.database, self, self.root, _current.get()))
+        try:
+            while due := self._take_before_commit():
+                for callback in due:
+                    result = callback()
+                    if inspect.isawaitable(result):
+                        _discard_awaitable(result)
+                        raise ConfigurationError(
+                            f"before_commit hook {_name(callback)} returned an awaitable in a sync unit; it was not run"
+                        )
+        except BaseException as veto:
+            return veto
+        finally:
+            _current.reset(token)
+        return None
+
+    async def _before_commit_async(self) -> BaseException | None:
+        token = _current.set(Frame(self.database, self, self.root, _current.get()))
+        try:
+            while due := self._take_before_commit():
+                for callback in due:
+                    result = callback()
+                    if inspect.isawaitable(result):
+                        await result
+        except BaseException as veto:
+            return veto
+        finally:
+            _current.reset(token)
+        return None
+
+    def run_hooks_sync(self, outcome: Outcome, hooks: list[tuple[AnyHook, Scope, int]] | None = None) -> None:
+        """Run the hooks due after `outcome` (all the unit's, or `hooks`): a failing one is logged."""
+        if hooks is None:
+            hooks, self.hooks = self.hooks, []
+        for callback, phase in _due(hooks, outcome):
             try:
-                result = callback()
+                result = callback(outcome) if phase == AFTER_COMPLETION else callback()
                 if inspect.isawaitable(result):
                     _discard_awaitable(result)
                     raise ConfigurationError(
-                        f"on_commit hook {_name(callback)} returned an awaitable in a sync unit; it was not run"
+                        f"{_PHASE_NAMES[phase]} hook {_name(callback)} returned an awaitable in a sync unit; "
+                        "it was not run"
                     )
             except Exception:
-                logger.exception("on_commit hook %s failed", _name(callback))
+                logger.exception("%s hook %s failed", _PHASE_NAMES[phase], _name(callback))
 
-    async def run_hooks_async(self) -> None:
-        hooks, self.hooks = self.hooks, []
-        if _captured_by_test(hooks):
-            return
-        for callback, _ in hooks:
+    async def run_hooks_async(self, outcome: Outcome, hooks: list[tuple[AnyHook, Scope, int]] | None = None) -> None:
+        if hooks is None:
+            hooks, self.hooks = self.hooks, []
+        for callback, phase in _due(hooks, outcome):
             try:
-                result = callback()
+                result = callback(outcome) if phase == AFTER_COMPLETION else callback()
                 if inspect.isawaitable(result):
                     await result
             except Exception:
-                logger.exception("on_commit hook %s failed", _name(callback))
+                logger.exception("%s hook %s failed", _PHASE_NAMES[phase], _name(callback))
+
+
+def _due(hooks: list[tuple[AnyHook, Scope, int]], outcome: Outcome) -> list[tuple[AnyHook, int]]:
+    """The hooks to run after `outcome`, in order: on_commit (or on_rollback) ones, then on_completion ones.
+
+    Handed to `uow.testing`'s capture instead when one is active (then nothing is left to run here).
+    """
+    first = AFTER_COMMIT if outcome is Outcome.COMMITTED else AFTER_ROLLBACK if outcome is Outcome.ROLLED_BACK else -1
+    due = [(cb, phase) for cb, _, phase in hooks if phase == first]
+    due.extend((cb, phase) for cb, _, phase in hooks if phase == AFTER_COMPLETION)
+    captured = hook_capture.get()
+    if captured is None or not due:
+        return due
+    captured.take(due, outcome)
+    return []
+
+
+def _commit_result_unknown(failure: BaseException) -> bool:
+    """Whether a failed commit may have gone through: interrupted, or the connection dropped during COMMIT.
+
+    SQLAlchemy reports a failure of COMMIT itself with no statement (a failed flush names its
+    statement: nothing was committed then), and a lost connection as `connection_invalidated`.
+    """
+    if _is_interrupt(failure):
+        return True
+    return isinstance(failure, DBAPIError) and failure.connection_invalidated and failure.statement is None
 
 
 class Frame:
@@ -591,16 +728,8 @@ _current: contextvars.ContextVar[Frame | None] = contextvars.ContextVar("uow_cur
 # Where `session.info` records which unit made a session (uow.testing reports units left open by it).
 OPENED_BY_KEY = "uow_opened_by"
 
-# Set by `uow.testing.capture_on_commit`: hooks due to run after a commit are handed to this list instead.
-hook_capture: contextvars.ContextVar[list[Hook] | None] = contextvars.ContextVar("uow_hook_capture", default=None)
-
-
-def _captured_by_test(hooks: list[tuple[Hook, Scope]]) -> bool:
-    captured = hook_capture.get()
-    if captured is None:
-        return False
-    captured.extend(callback for callback, _ in hooks)
-    return True
+# Set by `uow.testing.capture_on_commit`: hooks due to run after a unit ends are handed to it instead.
+hook_capture: contextvars.ContextVar[CapturedHooks | None] = contextvars.ContextVar("uow_hook_capture", default=None)
 
 
 def _forget_parent_units() -> None:
@@ -687,12 +816,63 @@ def on_commit(callback: Hook, database: Database | None = None) -> None:
 
     Dropped if that unit, or the savepoint it was registered in, rolls back.
     """
+    _register(callback, database, AFTER_COMMIT)
+
+
+def before_commit(callback: Hook, database: Database | None = None) -> None:
+    """Run `callback` inside the outermost unit, just before it commits (not when it rolls back).
+
+    It may still write (`current_session()` and decorated functions join the unit); raising
+    vetoes the commit: the unit rolls back and the error propagates. Dropped if the savepoint
+    it was registered in rolls back. Hooks run in registration order, with those they register.
+    """
+    _register(callback, database, BEFORE_COMMIT)
+
+
+def on_rollback(callback: Hook, database: Database | None = None) -> None:
+    """Run `callback` after the outermost unit rolls back, or at once when the savepoint it was registered in does."""
+    _register(callback, database, AFTER_ROLLBACK)
+
+
+def on_completion(callback: Callable[[Outcome], Any], database: Database | None = None) -> None:
+    """Run ``callback(outcome)`` after the outermost unit ends, whatever the `Outcome`.
+
+    `Outcome.UNKNOWN` when COMMIT was sent but its result could not be known (the connection
+    dropped during it). Runs at once, with `Outcome.ROLLED_BACK`, when the savepoint it was
+    registered in rolls back.
+    """
+    _register(callback, database, AFTER_COMPLETION)
+
+
+def _register(callback: AnyHook, database: Database | None, phase: int) -> None:
+    what = _PHASE_NAMES[phase]
     if not callable(callback):
-        raise TypeError(f"on_commit() needs a callable, got {type(callback).__name__}")
+        raise TypeError(f"{what}() needs a callable, got {type(callback).__name__}")
     frame = find_frame(database)
     if frame is None:
-        raise _no_unit(f"on_commit({_name(callback)})", database)
-    frame.transaction.add_hook(callback, frame.scope)
+        raise _no_unit(f"{what}({_name(callback)})", database)
+    frame.transaction.add_hook(callback, frame.scope, phase)
+
+
+def set_rollback_only(database: Database | None = None) -> None:
+    """Make the current unit end with a rollback instead of a commit, and no exception.
+
+    The mark goes on the innermost unit that can roll back on its own: the unit that began the
+    transaction, or the innermost ``propagation='nested'`` unit (its savepoint rolls back, the
+    enclosing unit goes on), as Django's ``set_rollback(True)`` does. A unit that joined another
+    marks the one it joined. Hooks follow the rollback: ``on_rollback`` / ``on_completion`` run,
+    ``before_commit`` / ``on_commit`` do not.
+    """
+    frame = find_frame(database)
+    if frame is None:
+        raise _no_unit("set_rollback_only()", database)
+    if not frame.transaction.owned:
+        raise ConfigurationError(
+            "set_rollback_only(): the unit runs in a session passed with session=, whose transaction its "
+            "caller commits or rolls back; roll that session back instead, or drop session="
+        )
+    scope = frame.scope
+    scope.rollback_only = scope.quiet = True
 
 
 def _no_unit(what: str, database: Database | None) -> NoActiveUnitOfWork:
@@ -717,17 +897,39 @@ class Kind(enum.Enum):
 # a tenth of that. The hot paths compare against these.
 _BEGIN, _JOIN, _SAVEPOINT, _EXTERNAL = Kind.BEGIN, Kind.JOIN, Kind.SAVEPOINT, Kind.EXTERNAL
 
+ExceptionClasses = Union[type[BaseException], tuple[type[BaseException], ...], None]
+"""What ``commit_on=`` / ``rollback_on=`` take: an exception class, a tuple of them, or None."""
+
+
+def parse_exception_classes(value: object, *, option: str, what: str) -> tuple[type[BaseException], ...]:
+    """`value` as a tuple of exception classes, or a `ConfigurationError` saying what is wrong."""
+    if value is None:
+        return ()
+    given: tuple[object, ...] = tuple(value) if isinstance(value, (tuple, list, set, frozenset)) else (value,)
+    classes: list[type[BaseException]] = []
+    for cls in given:
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            raise ConfigurationError(
+                f"{what}: {option}= needs exception classes (a class such as ValueError, or a tuple of them), "
+                f"got {cls!r}"
+            )
+        classes.append(cls)
+    return tuple(classes)
+
 
 class UnitSpec:
     """What a unit asks for, fixed when it is declared (decoration time)."""
 
     __slots__ = (
+        "commit_on",
         "database",
         "direct_begin",
+        "durable",
         "isolation_level",
         "propagation",
         "read_only",
         "required",
+        "rollback_on",
         "timeout",
         "what",
     )
@@ -741,11 +943,28 @@ class UnitSpec:
         isolation_level: str | None,
         what: str,
         timeout: float | None = None,
+        durable: bool = False,
+        commit_on: ExceptionClasses = None,
+        rollback_on: ExceptionClasses = None,
     ) -> None:
         if database is not None and not isinstance(database, Database):
             raise ConfigurationError(f"{what}: database= needs a uow.Database, got {type(database).__name__}")
         self.database = database
         self.propagation = parse_propagation(propagation, what=what)
+        if not isinstance(durable, bool):
+            raise ConfigurationError(f"{what}: durable= needs True or False, got {durable!r}")
+        self.durable = durable
+        if durable:
+            if self.propagation not in (Propagation.REQUIRED, Propagation.NEVER):
+                raise ConfigurationError(
+                    f"{what}: durable=True refuses to run inside another unit, but propagation="
+                    f"{self.propagation.value!r} is about running inside one; drop one of the two "
+                    "(durable=True is propagation='never' with Django's name and error)"
+                )
+            self.propagation = Propagation.NEVER
+        # Both empty unless asked for: `commits` is then one falsy check on the failure path.
+        self.commit_on = parse_exception_classes(commit_on, option="commit_on", what=what)
+        self.rollback_on = parse_exception_classes(rollback_on, option="rollback_on", what=what)
         # Precomputed for `join_innermost`: reading an enum member costs more than the rest of a join check.
         self.required = self.propagation is _REQUIRED
         self.read_only = bool(read_only)
@@ -756,6 +975,10 @@ class UnitSpec:
         # every propagation but 'mandatory' begins then. The one place a unit option that changes how a
         # unit begins (a timeout, an instrumentation check) turns the direct begin off, or adds its step.
         self.direct_begin = self.propagation is not _MANDATORY and timeout is None
+
+    def commits(self, exc: BaseException) -> bool:
+        """Whether the unit commits although `exc` leaves it (it matches commit_on=, not rollback_on=)."""
+        return bool(self.commit_on) and isinstance(exc, self.commit_on) and not isinstance(exc, self.rollback_on)
 
 
 class ActiveUnit:
@@ -844,6 +1067,8 @@ def _decide(
         frame = find_frame(request_tx.database)
         if frame is not None and frame.transaction is request_tx:
             return _decide_with_active(spec, frame, request_tx.database)
+        if spec.propagation is Propagation.NEVER:
+            raise _never_error(spec, request_tx, request_tx.database)
         _check_join(spec, request_tx)
         return _JOIN, request_tx.database, None, request_tx
     frame = find_frame(database)
@@ -851,6 +1076,11 @@ def _decide(
         _check_session_kind(spec, session, want_async)
         if frame is not None and frame.transaction.session is session:
             return _decide_with_active(spec, frame, database)
+        if spec.durable:
+            raise PropagationError(
+                f"{spec.what} is durable=True, so it must begin its own transaction, but it was given a session "
+                "with session=, whose transaction the caller commits; drop session= or durable=True"
+            )
         if spec.propagation in (_REQUIRES_NEW, _NEVER):
             raise PropagationError(
                 f"{spec.what}: propagation={spec.propagation.value!r} cannot use the session passed with session=; "
@@ -881,16 +1111,27 @@ def _decide_with_active(
 ) -> tuple[Kind, Database | None, Frame | None, Transaction | None]:
     propagation = spec.propagation
     if propagation is _NEVER:
-        raise PropagationError(
-            f"{spec.what} has propagation='never' but a unit of work is already active for "
-            f"{database!r}: call it outside any unit, or use propagation='requires_new'"
-        )
+        raise _never_error(spec, frame.transaction, database)
     if propagation is _REQUIRES_NEW:
         return _BEGIN, database, frame, None
     _check_join(spec, frame.transaction)
     if propagation is _NESTED:
         return _SAVEPOINT, database, frame, None
     return _JOIN, database, frame, None
+
+
+def _never_error(spec: UnitSpec, active: Transaction, database: Database | None) -> PropagationError:
+    outer = active.what or "a request's unit of work"
+    if spec.durable:
+        return PropagationError(
+            f"{spec.what} is durable=True, so it must be the outermost unit of work, but it was called "
+            f"inside {outer} on {database!r}: its commit would be part of that unit's transaction. Call it "
+            "outside any unit, or drop durable=True to let it join"
+        )
+    return PropagationError(
+        f"{spec.what} has propagation='never' but a unit of work is already active for "
+        f"{database!r} (begun by {outer}): call it outside any unit, or use propagation='requires_new'"
+    )
 
 
 def join_innermost(spec: UnitSpec, want_async: bool) -> ActiveUnit | None:
@@ -1243,7 +1484,12 @@ def _track_savepoints(session: Session) -> None:
 def _exit_savepoint_sync(unit: ActiveUnit, exc: BaseException | None) -> None:
     savepoint = unit.scope.savepoint
     assert isinstance(savepoint, SessionTransaction)  # pyright: ignore[reportUnnecessaryIsInstance]
-    _end_savepoint(unit, savepoint, exc)
+    dropped: list[tuple[AnyHook, Scope, int]] = []
+    try:
+        _end_savepoint(unit, savepoint, exc, dropped)
+    finally:
+        if dropped:  # rolled back: its on_rollback / on_completion hooks run now, its on_commit ones never
+            unit.transaction.run_hooks_sync(Outcome.ROLLED_BACK, dropped)
 
 
 async def _exit_savepoint_async(unit: ActiveUnit, exc: BaseException | None) -> None:
@@ -1251,11 +1497,21 @@ async def _exit_savepoint_async(unit: ActiveUnit, exc: BaseException | None) -> 
     assert isinstance(savepoint, AsyncSessionTransaction)
     sync_savepoint = savepoint.sync_transaction
     assert sync_savepoint is not None
+    dropped: list[tuple[AnyHook, Scope, int]] = []
     # The same steps as the sync twin, run where SQLAlchemy's async layer runs its sync core.
-    await savepoint.session.run_sync(lambda _: _end_savepoint(unit, sync_savepoint, exc))
+    try:
+        await savepoint.session.run_sync(lambda _: _end_savepoint(unit, sync_savepoint, exc, dropped))
+    finally:
+        if dropped:
+            await unit.transaction.run_hooks_async(Outcome.ROLLED_BACK, dropped)
 
 
-def _end_savepoint(unit: ActiveUnit, savepoint: SessionTransaction, exc: BaseException | None) -> None:
+def _end_savepoint(
+    unit: ActiveUnit,
+    savepoint: SessionTransaction,
+    exc: BaseException | None,
+    dropped: list[tuple[AnyHook, Scope, int]],
+) -> None:
     """Release the savepoint, or roll back to it; either way the enclosing unit can go on afterwards.
 
     A failed release (the flush before RELEASE hit a constraint, or RELEASE itself failed) rolls
@@ -1271,17 +1527,17 @@ def _end_savepoint(unit: ActiveUnit, savepoint: SessionTransaction, exc: BaseExc
             savepoint.commit()
         except BaseException as failure:
             # Savepoint, failed release: roll back to it, forget its hooks, raise the failure.
-            unit.transaction.drop_hooks_within(scope)
+            dropped.extend(unit.transaction.drop_hooks_within(scope))
             _roll_back_savepoint(unit, savepoint, failure)
             if _refused_after_a_swallowed_error(failure):
                 raise _release_refused_error(unit.transaction) from failure
             raise
         _forget_savepoint_ends(savepoint)  # released: nothing left to finish on its connection
         return
-    # Savepoint, failure or swallowed inner failure: roll back to it, forget its hooks.
-    unit.transaction.drop_hooks_within(scope)
+    # Savepoint, failure, swallowed inner failure or set_rollback_only(): roll back to it, forget its hooks.
+    dropped.extend(unit.transaction.drop_hooks_within(scope))
     _roll_back_savepoint(unit, savepoint, exc)
-    if exc is None:
+    if exc is None and not scope.quiet:
         raise _rollback_only_error(unit.transaction, savepoint=True)
 
 

@@ -18,9 +18,24 @@ The context managers behind them work without pytest: `bound_to_transaction`,
 from __future__ import annotations
 
 from uow._providers import override
-from uow._testing import CapturedHooks, UnitLeftOpenError, bound_to_transaction, capture_on_commit
+from uow._testing import (
+    CapturedCompletion,
+    CapturedHooks,
+    HookList,
+    UnitLeftOpenError,
+    bound_to_transaction,
+    capture_on_commit,
+)
 
-__all__ = ["CapturedHooks", "UnitLeftOpenError", "bound_to_transaction", "capture_on_commit", "override"]
+__all__ = [
+    "CapturedCompletion",
+    "CapturedHooks",
+    "HookList",
+    "UnitLeftOpenError",
+    "bound_to_transaction",
+    "capture_on_commit",
+    "override",
+]
 
 try:
     from uow._pytest_plugin import (

@@ -410,3 +410,37 @@ async def timeouts(database: uow.Database) -> None:
     assert_type(await database.ping_async(timeout=0.5), float)
     error = uow.UnitTimeoutError("x", what="f()", timeout=1.0, elapsed=1.2)
     assert_type(error.elapsed, float)
+
+
+# -- transaction events and unit controls (docs/events.md) ----------------------------------------------
+
+
+class RetryLater(Exception):
+    pass
+
+
+def events_surface(database: uow.Database) -> None:
+    uow.before_commit(lambda: None, database=database)
+    uow.on_rollback(lambda: None)
+    uow.on_completion(lambda outcome: assert_type(outcome, uow.Outcome))
+    uow.set_rollback_only(database)
+    uow.set_rollback_only()
+    uow.on_completion(lambda: None)  # type: ignore[arg-type, misc]
+    outcomes: list[uow.Outcome] = [uow.Outcome.COMMITTED, uow.Outcome.ROLLED_BACK, uow.Outcome.UNKNOWN]
+    uow.on_completion(outcomes.append)
+    assert_type(uow.unit_of_work(durable=True, commit_on=RetryLater, rollback_on=(KeyError, ValueError)), UnitOfWork)
+    uow.unit_of_work(durable="yes")  # type: ignore[arg-type]
+    uow.unit_of_work(commit_on=3)  # type: ignore[arg-type]
+    uow.with_services(SyncUserService, durable=True, commit_on=(RetryLater,), rollback_on=KeyError)
+    uow.with_services(SyncUserService, SyncUserService, commit_on="RetryLater")  # type: ignore[call-overload]
+
+
+@uow.with_services(SyncUserService, commit_on=RetryLater)
+def commits_on_retry_later(user_id: int, users: SyncUserService) -> int:
+    return user_id
+
+
+def committed_call() -> None:
+    assert_type(commits_on_retry_later(1), int)
+    with uow.provide_services(SyncUserService, durable=True, commit_on=RetryLater) as (users,):
+        assert_type(users, SyncUserService)
