@@ -404,7 +404,9 @@ class UnitOfWork:
         unit, deadline = _pop_entered(self)
         ending = exc if deadline is None else deadline.leave(exc)
         # commit_on=: the unit commits and the exception still propagates; never for a timed-out unit.
-        exit_sync(unit, None if ending is None or (ending is exc and self._spec.commits(exc)) else ending)
+        exit_sync(
+            unit, None if ending is None or (exc is not None and ending is exc and self._spec.commits(exc)) else ending
+        )
         if ending is not None and ending is not exc:
             raise ending from exc
 
@@ -422,7 +424,9 @@ class UnitOfWork:
         unit, deadline = _pop_entered(self)
         ending = exc if deadline is None else deadline.leave(exc)
         # commit_on=: the unit commits and the exception still propagates; never for a timed-out unit.
-        await exit_async(unit, None if ending is None or (ending is exc and self._spec.commits(exc)) else ending)
+        await exit_async(
+            unit, None if ending is None or (exc is not None and ending is exc and self._spec.commits(exc)) else ending
+        )
         if ending is not None and ending is not exc:
             raise ending from exc
 
@@ -605,7 +609,7 @@ class ServicesContext(Generic[T]):
     ) -> None:
         ending = self._leave(exc)
         # commit_on=: the unit commits and the exception still propagates; never for a timed-out block.
-        if ending is not None and not (ending is exc and self._spec.commits(exc)):
+        if ending is not None and not (exc is not None and ending is exc and self._spec.commits(exc)):
             self._fail_sync(ending)
             if ending is not exc:
                 raise ending from exc
@@ -657,7 +661,7 @@ class ServicesContext(Generic[T]):
     ) -> None:
         ending = self._leave(exc)
         # commit_on=: the unit commits and the exception still propagates; never for a timed-out block.
-        if ending is not None and not (ending is exc and self._spec.commits(exc)):
+        if ending is not None and not (exc is not None and ending is exc and self._spec.commits(exc)):
             await self._fail_async(ending)
             if ending is not exc:
                 raise ending from exc
