@@ -41,10 +41,18 @@ class Setup:
     variants: list[Variant]
     reset: Callable[[], Any] | None = None
     notes: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)  # figures other than timings (bytes per unit, ...)
 
 
 SyncSetup = Callable[[], AbstractContextManager[Setup]]
 AsyncSetup = Callable[[], AbstractAsyncContextManager[Setup]]
+
+
+@contextmanager
+def measured_elsewhere() -> Iterator[Setup]:
+    """The `setup` of a case that times itself (`Case.measure`): never entered."""
+    raise RuntimeError("this case times itself through Case.measure")
+    yield  # pragma: no cover
 
 
 @dataclass
@@ -57,6 +65,12 @@ class Case:
     number: int  # operations per round (full run)
     per: str = "call"  # what one operation is: "call", "unit" or "request"
     requires: tuple[str, ...] = ()  # importable modules the case needs
+    # A case that measures outside this process (a server, fresh interpreters) times itself:
+    # given the options it returns the samples per variant; `setup` is then not used.
+    measure: Callable[[Case, Options], CaseResult] | None = None
+    # False: the suite's smoke run leaves the case out, because a smaller case runs the same code
+    # (concurrency-1000 is concurrency-100 with a larger batch, and takes 15 s even once).
+    smoke: bool = True
 
 
 @dataclass
@@ -99,6 +113,7 @@ class CaseResult:
     results: list[Result] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     skipped: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 # -- timing ---------------------------------------------------------------------------------
@@ -191,6 +206,11 @@ async def _reset_async(ready: Setup) -> None:
 
 
 def run_case(case: Case, options: Options) -> CaseResult:
+    if case.measure is not None:
+        try:
+            return case.measure(case, options)
+        except Unavailable as why:
+            return CaseResult(case, skipped=str(why))
     if case.is_async:
         return asyncio.run(run_async_case(case, options))
     return run_sync_case(case, options)
@@ -198,6 +218,11 @@ def run_case(case: Case, options: Options) -> CaseResult:
 
 def _per_call(elapsed: tuple[float, float], calls: int) -> tuple[float, float]:
     return elapsed[0] / calls, elapsed[1] / calls
+
+
+def collect(case: Case, ready: Setup, samples: dict[str, list[tuple[float, float]]], clock: str) -> CaseResult:
+    """The results of `samples` (per variant, one (wall, CPU) pair of seconds per operation for each round)."""
+    return _collect(case, ready, samples, clock)
 
 
 def _collect(case: Case, ready: Setup, samples: dict[str, list[tuple[float, float]]], clock: str) -> CaseResult:
@@ -221,7 +246,7 @@ def _collect(case: Case, ready: Setup, samples: dict[str, list[tuple[float, floa
         # Each round's ratio compares two samples taken moments apart, so a slow patch of the machine cancels out.
         r.ratio = statistics.median(mine / theirs for mine, theirs in zip(r.samples, base.samples, strict=True))
         r.overhead = r.median - base.median
-    return CaseResult(case, results, list(ready.notes))
+    return CaseResult(case, results, list(ready.notes), metrics=dict(ready.metrics))
 
 
 # -- reporting ------------------------------------------------------------------------------
@@ -295,6 +320,7 @@ def as_json(case_results: list[CaseResult], options: Options, targets: list[dict
                 "number": options.number_for(cr.case),
                 "skipped": cr.skipped,
                 "notes": cr.notes,
+                "metrics": cr.metrics,
                 "variants": [
                     {
                         "name": r.name,

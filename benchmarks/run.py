@@ -27,9 +27,18 @@ DEFAULT_JSON = ROOT / "benchmarks" / "results.json"
 
 def all_cases() -> list[Case]:
     """Every case, in the order they run; a case whose module needs a missing package is left out."""
-    from benchmarks import dispatch, outbox, scale, units, web
+    from benchmarks import concurrency, dispatch, imports, outbox, scale, server, units, web
 
-    return [*units.CASES, *dispatch.CASES, *web.CASES, *scale.CASES, *outbox.CASES]
+    return [
+        *units.CASES,
+        *dispatch.CASES,
+        *web.CASES,
+        *scale.CASES,
+        *outbox.CASES,
+        *concurrency.CASES,
+        *server.CASES,
+        *imports.CASES,
+    ]
 
 
 def missing_modules(case: Case) -> list[str]:
