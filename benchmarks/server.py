@@ -47,6 +47,9 @@ from uow import Database, with_services  # noqa: E402
 # The route handlers' annotations are resolved in this module's namespace (Litestar, FastAPI).
 
 CONNECTIONS = 8  # the load generator's keep-alive connections (requests in flight at once)
+# The server's CPU time comes in clock ticks (10 ms): a phase is never shorter than this many requests
+# (about 0.1 s of CPU), so even a smoke run measures a CPU time above zero.
+MIN_REQUESTS = 100
 POOL_SIZE = 10  # the server's connection pool: every request in flight gets a connection
 MAX_ROUNDS = 15  # a phase takes a second or two: the server cases run at most this many rounds
 STARTUP_TIMEOUT = 60.0  # seconds for the server to accept connections (imports on a loaded machine)
@@ -295,7 +298,7 @@ def run_against_server(app_name: str, routes: list[tuple[str, str, str]], option
     plan = {
         "paths": [path for _, path, _ in routes],
         "rounds": rounds,
-        "requests": max(requests, CONNECTIONS),
+        "requests": max(requests, MIN_REQUESTS),
         "connections": CONNECTIONS,
     }
     env = child_env()
