@@ -122,7 +122,9 @@ def measure(case: Case, options: Options) -> CaseResult:
                 last = report
     breakdown = timed_import("import uow", SQLALCHEMY, importtime=True)["importtime"]
     own = sum(us for name, us in breakdown if name == "uow" or name.startswith("uow."))
-    others = sorted(((us, name) for name, us in breakdown if not (name == "uow" or name.startswith("uow."))), reverse=True)
+    others = sorted(
+        ((us, name) for name, us in breakdown if not (name == "uow" or name.startswith("uow."))), reverse=True
+    )
     leaked_sqlalchemy = [m for m in last["new"] if m.split(".", 1)[0] == "sqlalchemy"]
     frameworks = frameworks_in(last["all"])
     notes = [

@@ -162,7 +162,9 @@ def _server_checks(cr: CaseResult) -> list[dict[str, Any]]:
     for name in ours:
         rps, cpu = metrics[f"rps_ratio:{name}"], metrics[f"cpu_ratio:{name}"]
         checks.append(
-            _check(key, f"{name}: requests/s at least {SERVER_RPS_FLOOR:g}x {base}", f"{rps:.3f}", rps >= SERVER_RPS_FLOOR)
+            _check(
+                key, f"{name}: requests/s at least {SERVER_RPS_FLOOR:g}x {base}", f"{rps:.3f}", rps >= SERVER_RPS_FLOOR
+            )
         )
         checks.append(
             _check(

@@ -15,9 +15,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import httpx
+from advanced_alchemy.extensions.litestar import AsyncSessionConfig, SQLAlchemyAsyncConfig, SQLAlchemyPlugin
 from dishka import FromDishka, Provider, Scope, make_async_container
 from dishka.integrations import fastapi as dishka_fastapi
-from advanced_alchemy.extensions.litestar import AsyncSessionConfig, SQLAlchemyAsyncConfig, SQLAlchemyPlugin
 from fastapi import Depends, FastAPI
 from litestar import Litestar, post
 from litestar.di import Provide
