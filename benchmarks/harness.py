@@ -71,6 +71,10 @@ class Case:
     # False: the suite's smoke run leaves the case out, because a smaller case runs the same code
     # (concurrency-1000 is concurrency-100 with a larger batch, and takes 15 s even once).
     smoke: bool = True
+    max_rounds: int | None = None  # at most this many rounds, for a case whose one round takes seconds
+
+    def rounds(self, options: Options) -> int:
+        return options.rounds if self.max_rounds is None else min(options.rounds, self.max_rounds)
 
 
 @dataclass
@@ -149,7 +153,7 @@ def run_sync_case(case: Case, options: Options) -> CaseResult:
             for v in ready.variants:  # warm-up
                 _time_sync(v.body, number)
             _reset_sync(ready)
-            for order in _rotations(ready.variants, options.rounds):
+            for order in _rotations(ready.variants, case.rounds(options)):
                 for v in order:
                     gc.collect()
                     samples[v.name].append(_per_call(_time_sync(v.body, number), number * v.calls))
@@ -190,7 +194,7 @@ async def _measure_async(case: Case, ready: Setup, number: int, options: Options
     for v in ready.variants:  # warm-up
         await _time_async(v.body, number)
     await _reset_async(ready)
-    for order in _rotations(ready.variants, options.rounds):
+    for order in _rotations(ready.variants, case.rounds(options)):
         for v in order:
             gc.collect()
             samples[v.name].append(_per_call(await _time_async(v.body, number), number * v.calls))
@@ -289,7 +293,8 @@ def table(case_results: list[CaseResult], options: Options) -> str:
     for cr in case_results:
         case = cr.case
         lines.append("")
-        lines.append(f"== {case.key}: {case.title} (per {case.per})")
+        capped = f", {case.rounds(options)} rounds" if case.rounds(options) != options.rounds else ""
+        lines.append(f"== {case.key}: {case.title} (per {case.per}{capped})")
         if cr.skipped:
             lines.append(f"   skipped: {cr.skipped}")
             continue
@@ -318,6 +323,7 @@ def as_json(case_results: list[CaseResult], options: Options, targets: list[dict
                 "title": cr.case.title,
                 "per": cr.case.per,
                 "number": options.number_for(cr.case),
+                "rounds": cr.case.rounds(options),
                 "skipped": cr.skipped,
                 "notes": cr.notes,
                 "metrics": cr.metrics,

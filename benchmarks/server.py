@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -51,7 +52,7 @@ CONNECTIONS = 8  # the load generator's keep-alive connections (requests in flig
 # (about 0.1 s of CPU), so even a smoke run measures a CPU time above zero.
 MIN_REQUESTS = 100
 POOL_SIZE = 10  # the server's connection pool: every request in flight gets a connection
-MAX_ROUNDS = 15  # a phase takes a second or two: the server cases run at most this many rounds
+MAX_ROUNDS = 15  # a phase takes a second or two: the server cases run at most this many rounds (Case.max_rounds)
 STARTUP_TIMEOUT = 60.0  # seconds for the server to accept connections (imports on a loaded machine)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -292,9 +293,8 @@ def _child(*args: str) -> list[str]:
     return [sys.executable, "-m", "benchmarks.server", *args]
 
 
-def run_against_server(app_name: str, routes: list[tuple[str, str, str]], options: Options, requests: int) -> Any:
+def run_against_server(app_name: str, routes: list[tuple[str, str, str]], rounds: int, requests: int) -> Any:
     """Serve `app_name` on a database of its own and drive its `routes` (name, path, kind); the load records."""
-    rounds = min(options.rounds, MAX_ROUNDS)
     plan = {
         "paths": [path for _, path, _ in routes],
         "rounds": rounds,
@@ -337,7 +337,7 @@ def run_against_server(app_name: str, routes: list[tuple[str, str, str]], option
 
 def _measure(app_name: str, routes: list[tuple[str, str, str]]) -> Any:
     def measure(case: Case, options: Options) -> CaseResult:
-        records, elapsed, rounds = run_against_server(app_name, routes, options, options.number_for(case))
+        records, elapsed, rounds = run_against_server(app_name, routes, case.rounds(options), options.number_for(case))
         name_of = {path: name for name, path, _ in routes}
         samples: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in routes}
         for record in sorted(records, key=lambda rec: rec["round"]):
@@ -386,6 +386,7 @@ CASES = [
         1000,
         "request, server CPU",
         ("fastapi", "uvicorn", "asyncpg"),
+        max_rounds=MAX_ROUNDS,
         measure=_measure(
             "fastapi",
             [
@@ -404,6 +405,7 @@ CASES = [
         1000,
         "request, server CPU",
         ("litestar", "uvicorn", "asyncpg", "advanced_alchemy"),
+        max_rounds=MAX_ROUNDS,
         measure=_measure(
             "litestar",
             [
@@ -415,6 +417,18 @@ CASES = [
         ),
     ),
 ]
+
+
+def exit_with_parent() -> None:
+    """End this process as soon as the benchmark process that started it is gone, even killed outright."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def main(argv: list[str]) -> int:
@@ -429,6 +443,7 @@ def main(argv: list[str]) -> int:
     loading.add_argument("--pid", type=int, required=True)
     loading.add_argument("--plan", required=True)
     args = parser.parse_args(argv)
+    exit_with_parent()
     if args.command == "serve":
         serve(args.app, args.url, args.port)
     else:
