@@ -172,7 +172,7 @@ def _setup(level: int) -> Callable[[], Any]:
 CASES = [
     Case(
         f"concurrency-{level}-asyncpg",
-        f"{level:,} concurrent async units, PostgreSQL/asyncpg",
+        f"{level:,} async unit{'s' if level > 1 else ''} at once, PostgreSQL/asyncpg",
         f"a batch of {level} units started at once (insert a row, commit; pool {POOL_SIZE}+{MAX_OVERFLOW}), per unit",
         _setup(level),
         True,

@@ -47,6 +47,21 @@ def fastapi_by_hand(factory: Factory, db: Database) -> FastAPI:
     return app
 
 
+def fastapi_flush_first(factory: Factory, db: Database) -> FastAPI:
+    """The hand-written route shaped like a unit of work: the id comes from a flush, the commit follows it."""
+    app = FastAPI()
+
+    @app.post("/items")
+    async def create(name: str) -> dict[str, int]:
+        async with factory() as session:
+            item = AsyncItems(session).add(name)
+            await session.flush()
+            await session.commit()
+        return {"id": item.id}
+
+    return app
+
+
 def fastapi_with_services(factory: Factory, db: Database) -> FastAPI:
     app = FastAPI()
 
@@ -110,6 +125,18 @@ def litestar_by_hand(factory: Factory, db: Database) -> Litestar:
     return Litestar([create], logging_config=None)
 
 
+def litestar_flush_first(factory: Factory, db: Database) -> Litestar:
+    @post("/items", status_code=200)
+    async def create(name: str) -> dict[str, int]:
+        async with factory() as session:
+            item = AsyncItems(session).add(name)
+            await session.flush()
+            await session.commit()
+        return {"id": item.id}
+
+    return Litestar([create], logging_config=None)
+
+
 def litestar_with_services(factory: Factory, db: Database) -> Litestar:
     @post("/items", status_code=200)
     @with_services(AsyncItems, database=db)
@@ -158,6 +185,17 @@ def starlette_by_hand(factory: Factory, db: Database) -> Starlette:
     async def create(request: Request) -> JSONResponse:
         async with factory() as session:
             item = AsyncItems(session).add(request.query_params["name"])
+            await session.commit()
+        return JSONResponse({"id": item.id})
+
+    return Starlette(routes=[Route("/items", create, methods=["POST"])])
+
+
+def starlette_flush_first(factory: Factory, db: Database) -> Starlette:
+    async def create(request: Request) -> JSONResponse:
+        async with factory() as session:
+            item = AsyncItems(session).add(request.query_params["name"])
+            await session.flush()
             await session.commit()
         return JSONResponse({"id": item.id})
 
@@ -221,6 +259,7 @@ CASES = [
         _web_setup(
             [
                 ("hand-written", fastapi_by_hand, "baseline", None),
+                ("hand-written, flush then commit", fastapi_flush_first, "control", None),
                 ("@with_services", fastapi_with_services, "uow", None),
                 ("Depends()", fastapi_depends, "alternative", None),
                 ("dishka", fastapi_dishka, "alternative", None),
@@ -238,6 +277,7 @@ CASES = [
         _web_setup(
             [
                 ("hand-written", litestar_by_hand, "baseline", None),
+                ("hand-written, flush then commit", litestar_flush_first, "control", None),
                 ("@with_services", litestar_with_services, "uow", None),
                 ("Provide()", litestar_provide, "alternative", None),
                 ("advanced-alchemy SQLAlchemyPlugin", litestar_alchemy_plugin, "alternative", None),
@@ -255,6 +295,7 @@ CASES = [
         _web_setup(
             [
                 ("hand-written", starlette_by_hand, "baseline", None),
+                ("hand-written, flush then commit", starlette_flush_first, "control", None),
                 ("@with_services", starlette_with_services, "uow", None),
             ]
         ),
