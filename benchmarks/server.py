@@ -60,7 +60,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def fastapi_app(url: str) -> Any:
-    """One FastAPI application: the hand-written route, `@with_services`, and `Depends()` with a generator."""
+    """One FastAPI application: the hand-written route (also flushing first), `@with_services`, `Depends()`."""
     from fastapi import Depends, FastAPI
 
     engine, lifespan = _engine_and_lifespan(url)
@@ -72,6 +72,14 @@ def fastapi_app(url: str) -> Any:
     async def hand(name: str) -> dict[str, int]:
         async with factory() as session:
             item = AsyncItems(session).add(name)
+            await session.commit()
+        return {"id": item.id}
+
+    @app.post("/flush")
+    async def flush_first(name: str) -> dict[str, int]:
+        async with factory() as session:
+            item = AsyncItems(session).add(name)
+            await session.flush()
             await session.commit()
         return {"id": item.id}
 
@@ -112,6 +120,14 @@ def litestar_app(url: str) -> Any:
             await session.commit()
         return {"id": item.id}
 
+    @post("/flush", status_code=200)
+    async def flush_first(name: str) -> dict[str, int]:
+        async with factory() as session:
+            item = AsyncItems(session).add(name)
+            await session.flush()
+            await session.commit()
+        return {"id": item.id}
+
     @post("/uow", status_code=200)
     @with_services(AsyncItems, database=db)
     async def decorated(name: str, items: AsyncItems) -> dict[str, int]:
@@ -141,7 +157,7 @@ def litestar_app(url: str) -> Any:
         before_send_handler="autocommit",
     )
     return Litestar(
-        [hand, decorated, provided, alchemy],
+        [hand, flush_first, decorated, provided, alchemy],
         plugins=[SQLAlchemyPlugin(config=config)],
         lifespan=[lifespan],
         logging_config=None,
@@ -391,6 +407,7 @@ CASES = [
             "fastapi",
             [
                 ("hand-written", "/hand", "baseline"),
+                ("hand-written, flush then commit", "/flush", "control"),
                 ("@with_services", "/uow", "uow"),
                 ("Depends()", "/depends", "alternative"),
             ],
@@ -410,6 +427,7 @@ CASES = [
             "litestar",
             [
                 ("hand-written", "/hand", "baseline"),
+                ("hand-written, flush then commit", "/flush", "control"),
                 ("@with_services", "/uow", "uow"),
                 ("Provide()", "/provide", "alternative"),
                 ("advanced-alchemy SQLAlchemyPlugin", "/alchemy", "alternative"),
