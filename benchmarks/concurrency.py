@@ -77,7 +77,7 @@ def units(factory: async_sessionmaker[AsyncSession], db: Database) -> dict[str, 
 
 def batch(unit: Callable[[], Any], level: int) -> Callable[[], Awaitable[Any]]:
     if level == 1:
-        return unit  # type: ignore[no-any-return]
+        return unit
 
     async def run_batch() -> None:
         await asyncio.gather(*(unit() for _ in range(level)))

@@ -311,10 +311,11 @@ def _child(*args: str) -> list[str]:
 
 def run_against_server(app_name: str, routes: list[tuple[str, str, str]], rounds: int, requests: int) -> Any:
     """Serve `app_name` on a database of its own and drive its `routes` (name, path, kind); the load records."""
-    plan = {
+    per_phase = max(requests, MIN_REQUESTS)
+    plan: dict[str, Any] = {
         "paths": [path for _, path, _ in routes],
         "rounds": rounds,
-        "requests": max(requests, MIN_REQUESTS),
+        "requests": per_phase,
         "connections": CONNECTIONS,
     }
     env = child_env()
@@ -333,7 +334,7 @@ def run_against_server(app_name: str, routes: list[tuple[str, str, str]], rounds
             wait_until_listening(server, port, log)
             started = time.monotonic()
             # Bounded: a phase of `requests` requests takes seconds; a hung server ends the run here.
-            timeout = 120 + 2 * len(routes) * (rounds + 1) * plan["requests"] * 0.02
+            timeout = 120 + 2 * len(routes) * (rounds + 1) * per_phase * 0.02
             done = subprocess.run(
                 _child("load", "--port", str(port), "--pid", str(server.pid), "--plan", json.dumps(plan)),
                 capture_output=True,
