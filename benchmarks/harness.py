@@ -41,10 +41,18 @@ class Setup:
     variants: list[Variant]
     reset: Callable[[], Any] | None = None
     notes: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)  # figures other than timings (bytes per unit, ...)
 
 
 SyncSetup = Callable[[], AbstractContextManager[Setup]]
 AsyncSetup = Callable[[], AbstractAsyncContextManager[Setup]]
+
+
+@contextmanager
+def measured_elsewhere() -> Iterator[Setup]:
+    """The `setup` of a case that times itself (`Case.measure`): never entered."""
+    raise RuntimeError("this case times itself through Case.measure")
+    yield  # pragma: no cover
 
 
 @dataclass
@@ -57,6 +65,16 @@ class Case:
     number: int  # operations per round (full run)
     per: str = "call"  # what one operation is: "call", "unit" or "request"
     requires: tuple[str, ...] = ()  # importable modules the case needs
+    # A case that measures outside this process (a server, fresh interpreters) times itself:
+    # given the options it returns the samples per variant; `setup` is then not used.
+    measure: Callable[[Case, Options], CaseResult] | None = None
+    # False: the suite's smoke run leaves the case out, because a smaller case runs the same code
+    # (concurrency-1000 is concurrency-100 with a larger batch, and takes 15 s even once).
+    smoke: bool = True
+    max_rounds: int | None = None  # at most this many rounds, for a case whose one round takes seconds
+
+    def rounds(self, options: Options) -> int:
+        return options.rounds if self.max_rounds is None else min(options.rounds, self.max_rounds)
 
 
 @dataclass
@@ -99,6 +117,7 @@ class CaseResult:
     results: list[Result] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     skipped: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 # -- timing ---------------------------------------------------------------------------------
@@ -134,7 +153,7 @@ def run_sync_case(case: Case, options: Options) -> CaseResult:
             for v in ready.variants:  # warm-up
                 _time_sync(v.body, number)
             _reset_sync(ready)
-            for order in _rotations(ready.variants, options.rounds):
+            for order in _rotations(ready.variants, case.rounds(options)):
                 for v in order:
                     gc.collect()
                     samples[v.name].append(_per_call(_time_sync(v.body, number), number * v.calls))
@@ -175,7 +194,7 @@ async def _measure_async(case: Case, ready: Setup, number: int, options: Options
     for v in ready.variants:  # warm-up
         await _time_async(v.body, number)
     await _reset_async(ready)
-    for order in _rotations(ready.variants, options.rounds):
+    for order in _rotations(ready.variants, case.rounds(options)):
         for v in order:
             gc.collect()
             samples[v.name].append(_per_call(await _time_async(v.body, number), number * v.calls))
@@ -191,6 +210,11 @@ async def _reset_async(ready: Setup) -> None:
 
 
 def run_case(case: Case, options: Options) -> CaseResult:
+    if case.measure is not None:
+        try:
+            return case.measure(case, options)
+        except Unavailable as why:
+            return CaseResult(case, skipped=str(why))
     if case.is_async:
         return asyncio.run(run_async_case(case, options))
     return run_sync_case(case, options)
@@ -198,6 +222,11 @@ def run_case(case: Case, options: Options) -> CaseResult:
 
 def _per_call(elapsed: tuple[float, float], calls: int) -> tuple[float, float]:
     return elapsed[0] / calls, elapsed[1] / calls
+
+
+def collect(case: Case, ready: Setup, samples: dict[str, list[tuple[float, float]]], clock: str) -> CaseResult:
+    """The results of `samples` (per variant, one (wall, CPU) pair of seconds per operation for each round)."""
+    return _collect(case, ready, samples, clock)
 
 
 def _collect(case: Case, ready: Setup, samples: dict[str, list[tuple[float, float]]], clock: str) -> CaseResult:
@@ -221,7 +250,7 @@ def _collect(case: Case, ready: Setup, samples: dict[str, list[tuple[float, floa
         # Each round's ratio compares two samples taken moments apart, so a slow patch of the machine cancels out.
         r.ratio = statistics.median(mine / theirs for mine, theirs in zip(r.samples, base.samples, strict=True))
         r.overhead = r.median - base.median
-    return CaseResult(case, results, list(ready.notes))
+    return CaseResult(case, results, list(ready.notes), metrics=dict(ready.metrics))
 
 
 # -- reporting ------------------------------------------------------------------------------
@@ -264,7 +293,8 @@ def table(case_results: list[CaseResult], options: Options) -> str:
     for cr in case_results:
         case = cr.case
         lines.append("")
-        lines.append(f"== {case.key}: {case.title} (per {case.per})")
+        capped = f", {case.rounds(options)} rounds" if case.rounds(options) != options.rounds else ""
+        lines.append(f"== {case.key}: {case.title} (per {case.per}{capped})")
         if cr.skipped:
             lines.append(f"   skipped: {cr.skipped}")
             continue
@@ -293,8 +323,10 @@ def as_json(case_results: list[CaseResult], options: Options, targets: list[dict
                 "title": cr.case.title,
                 "per": cr.case.per,
                 "number": options.number_for(cr.case),
+                "rounds": cr.case.rounds(options),
                 "skipped": cr.skipped,
                 "notes": cr.notes,
+                "metrics": cr.metrics,
                 "variants": [
                     {
                         "name": r.name,

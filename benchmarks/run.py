@@ -27,9 +27,19 @@ DEFAULT_JSON = ROOT / "benchmarks" / "results.json"
 
 def all_cases() -> list[Case]:
     """Every case, in the order they run; a case whose module needs a missing package is left out."""
-    from benchmarks import dispatch, observability, outbox, scale, units, web
+    from benchmarks import concurrency, dispatch, imports, observability, outbox, scale, server, units, web
 
-    return [*units.CASES, *dispatch.CASES, *web.CASES, *scale.CASES, *outbox.CASES, *observability.CASES]
+    return [
+        *units.CASES,
+        *dispatch.CASES,
+        *web.CASES,
+        *scale.CASES,
+        *outbox.CASES,
+        *observability.CASES,
+        *concurrency.CASES,
+        *server.CASES,
+        *imports.CASES,
+    ]
 
 
 def missing_modules(case: Case) -> list[str]:

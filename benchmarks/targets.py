@@ -10,6 +10,12 @@ UNIT_TOLERANCE = 1.02  # a decorated unit within 2% of the hand-written one
 DISPATCH_BUDGET_US = 2.0  # uow's own cost per joined call
 DEPTH_FLATNESS = 1.5  # per-call cost 20 deep at most this times the cost 1 deep
 PER_SERVICE_BUDGET_US = 1.0  # uow's own cost for each extra injected service
+WEB_TOLERANCE = 1.01  # a decorated route within 1% of the hand-written one, in-process
+SERVER_RPS_FLOOR = 0.99  # real server: requests/s at least 99% of the hand-written route's
+SERVER_CPU_TOLERANCE = 1.01  # real server: server CPU per request within 1%
+CONCURRENCY_TOLERANCE = 1.02  # concurrent units: time per unit within 2% at every level
+MEMORY_TOLERANCE = 1.10  # memory per in-flight unit within 10% of hand-written
+IMPORT_BUDGET_MS = 15.0  # `import uow` with SQLAlchemy already imported
 
 
 def evaluate(case_results: list[CaseResult]) -> list[dict[str, Any]]:
@@ -27,6 +33,14 @@ def evaluate(case_results: list[CaseResult]) -> list[dict[str, Any]]:
             checks.append(_services_check(cr.results))
         if key == "scale-depth":
             checks.append(_depth_check(cr.results))
+        if key.startswith("web-"):
+            checks.extend(_web_checks(key, cr.results))
+        if key == "imports":
+            checks.extend(_import_checks(cr))
+        if key.startswith("server-"):
+            checks.extend(_server_checks(cr))
+        if key.startswith("concurrency-"):
+            checks.extend(_concurrency_checks(cr))
         checks.extend(_ahead_checks(key, cr.results))
     return checks
 
@@ -110,6 +124,88 @@ def _depth_check(results: list[Result]) -> dict[str, Any]:
         detail,
         by_depth[high] <= DEPTH_FLATNESS * max(by_depth[low], 0.05),
     )
+
+
+def _web_checks(key: str, results: list[Result]) -> list[dict[str, Any]]:
+    return [
+        _check(
+            key,
+            f"{r.name} within {WEB_TOLERANCE - 1:.0%} of {r.baseline}",
+            f"ratio {r.ratio:.3f}",
+            r.ratio <= WEB_TOLERANCE,
+        )
+        for r in results
+        if r.kind == "uow" and r.baseline == results[0].name
+    ]
+
+
+def _import_checks(cr: CaseResult) -> list[dict[str, Any]]:
+    ours = cr.results[-1]
+    frameworks = int(cr.metrics.get("frameworks_imported", 0))
+    return [
+        _check(
+            cr.case.key,
+            f"import uow under {IMPORT_BUDGET_MS:g} ms (SQLAlchemy excluded)",
+            f"{ours.median * 1e3:.1f} ms",
+            ours.median * 1e3 < IMPORT_BUDGET_MS,
+        ),
+        _check(cr.case.key, "import uow imports no framework", f"{frameworks} imported", frameworks == 0),
+    ]
+
+
+def _server_checks(cr: CaseResult) -> list[dict[str, Any]]:
+    """Requests/s and server CPU per request of each uow route against the hand-written route (from the metrics)."""
+    key, metrics, checks = cr.case.key, cr.metrics, []
+    base = cr.results[0].name
+    ours = [r.name for r in cr.results if r.kind == "uow"]
+    theirs = [r.name for r in cr.results if r.kind == "alternative"]
+    for name in ours:
+        rps, cpu = metrics[f"rps_ratio:{name}"], metrics[f"cpu_ratio:{name}"]
+        checks.append(
+            _check(
+                key, f"{name}: requests/s at least {SERVER_RPS_FLOOR:g}x {base}", f"{rps:.3f}", rps >= SERVER_RPS_FLOOR
+            )
+        )
+        checks.append(
+            _check(
+                key,
+                f"{name}: server CPU per request within {SERVER_CPU_TOLERANCE - 1:.0%} of {base}",
+                f"{cpu:.3f}",
+                cpu <= SERVER_CPU_TOLERANCE,
+            )
+        )
+        for other in theirs:
+            their_rps = metrics[f"rps_ratio:{other}"]
+            checks.append(
+                _check(key, f"{name} ahead of {other} in requests/s", f"{rps:.3f} vs {their_rps:.3f}", rps > their_rps)
+            )
+    return checks
+
+
+def _concurrency_checks(cr: CaseResult) -> list[dict[str, Any]]:
+    checks = []
+    for r in cr.results:
+        if r.kind != "uow":
+            continue
+        checks.append(
+            _check(
+                cr.case.key,
+                f"{r.name}: time per unit within {CONCURRENCY_TOLERANCE - 1:.0%} of {r.baseline}",
+                f"ratio {r.ratio:.3f}",
+                r.ratio <= CONCURRENCY_TOLERANCE,
+            )
+        )
+        mine, base = cr.metrics.get(f"bytes_per_unit:{r.name}"), cr.metrics.get(f"bytes_per_unit:{r.baseline}")
+        if mine is not None and base:
+            checks.append(
+                _check(
+                    cr.case.key,
+                    f"{r.name}: memory per in-flight unit within {MEMORY_TOLERANCE - 1:.0%} of {r.baseline}",
+                    f"{mine:,.0f} vs {base:,.0f} bytes ({mine / base:.3f})",
+                    mine <= MEMORY_TOLERANCE * base,
+                )
+            )
+    return checks
 
 
 def render(checks: list[dict[str, Any]]) -> str:

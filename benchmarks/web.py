@@ -2,7 +2,9 @@
 
 Every variant serves ``POST /items?name=...``: insert a row, commit, return its id, on
 the same in-memory aiosqlite engine. Each variant is a separate application so one
-variant's middleware never slows another's requests.
+variant's middleware never slows another's requests. Litestar applications run their
+lifespan (advanced-alchemy's plugin puts its engine and session maker in the app state
+there).
 """
 
 from __future__ import annotations
@@ -13,13 +15,18 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import httpx
+from advanced_alchemy.extensions.litestar import AsyncSessionConfig, SQLAlchemyAsyncConfig, SQLAlchemyPlugin
 from dishka import FromDishka, Provider, Scope, make_async_container
 from dishka.integrations import fastapi as dishka_fastapi
 from fastapi import Depends, FastAPI
 from litestar import Litestar, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from benchmarks.common import AsyncItems, aiosqlite_engine, async_factory, clear_async
 from benchmarks.harness import Case, Setup, Variant
@@ -35,6 +42,21 @@ def fastapi_by_hand(factory: Factory, db: Database) -> FastAPI:
     async def create(name: str) -> dict[str, int]:
         async with factory() as session:
             item = AsyncItems(session).add(name)
+            await session.commit()
+        return {"id": item.id}
+
+    return app
+
+
+def fastapi_flush_first(factory: Factory, db: Database) -> FastAPI:
+    """The hand-written route shaped like a unit of work: the id comes from a flush, the commit follows it."""
+    app = FastAPI()
+
+    @app.post("/items")
+    async def create(name: FromQuery[str]) -> dict[str, int]:
+        async with factory() as session:
+            item = AsyncItems(session).add(name)
+            await session.flush()
             await session.commit()
         return {"id": item.id}
 
@@ -104,6 +126,18 @@ def litestar_by_hand(factory: Factory, db: Database) -> Litestar:
     return Litestar([create], logging_config=None)
 
 
+def litestar_flush_first(factory: Factory, db: Database) -> Litestar:
+    @post("/items", status_code=200)
+    async def create(name: FromQuery[str]) -> dict[str, int]:
+        async with factory() as session:
+            item = AsyncItems(session).add(name)
+            await session.flush()
+            await session.commit()
+        return {"id": item.id}
+
+    return Litestar([create], logging_config=None)
+
+
 def litestar_with_services(factory: Factory, db: Database) -> Litestar:
     @post("/items", status_code=200)
     @with_services(AsyncItems, database=db)
@@ -129,6 +163,56 @@ def litestar_provide(factory: Factory, db: Database) -> Litestar:
     return Litestar([create], logging_config=None)
 
 
+def litestar_alchemy_plugin(factory: Factory, db: Database) -> Litestar:
+    """advanced-alchemy's own request session: `SQLAlchemyPlugin`, its autocommit handler commits before sending."""
+    engine = factory.kw["bind"]
+    assert isinstance(engine, AsyncEngine)
+    config = SQLAlchemyAsyncConfig(
+        engine_instance=engine,
+        session_config=AsyncSessionConfig(expire_on_commit=False),
+        before_send_handler="autocommit",
+    )
+
+    @post("/items", status_code=200)
+    async def create(name: FromQuery[str], db_session: NamedDependency[AsyncSession]) -> dict[str, int]:
+        item = AsyncItems(db_session).add(name)
+        await db_session.flush()
+        return {"id": item.id}
+
+    return Litestar([create], plugins=[SQLAlchemyPlugin(config=config)], logging_config=None)
+
+
+def starlette_by_hand(factory: Factory, db: Database) -> Starlette:
+    async def create(request: Request) -> JSONResponse:
+        async with factory() as session:
+            item = AsyncItems(session).add(request.query_params["name"])
+            await session.commit()
+        return JSONResponse({"id": item.id})
+
+    return Starlette(routes=[Route("/items", create, methods=["POST"])])
+
+
+def starlette_flush_first(factory: Factory, db: Database) -> Starlette:
+    async def create(request: Request) -> JSONResponse:
+        async with factory() as session:
+            item = AsyncItems(session).add(request.query_params["name"])
+            await session.flush()
+            await session.commit()
+        return JSONResponse({"id": item.id})
+
+    return Starlette(routes=[Route("/items", create, methods=["POST"])])
+
+
+def starlette_with_services(factory: Factory, db: Database) -> Starlette:
+    @with_services(AsyncItems, database=db)
+    async def create(request: Request, items: AsyncItems) -> JSONResponse:
+        item = items.add(request.query_params["name"])
+        await items.session.flush()
+        return JSONResponse({"id": item.id})
+
+    return Starlette(routes=[Route("/items", create, methods=["POST"])])
+
+
 AppFactory = Callable[[Factory, Database], Any]
 
 
@@ -150,7 +234,10 @@ def _web_setup(apps: list[tuple[str, AppFactory, str, str | None]]) -> Callable[
             db = Database(session_factory=factory)
             variants: list[Variant] = []
             for name, make_app, kind, baseline in apps:
-                transport = httpx.ASGITransport(app=make_app(factory, db))
+                app = make_app(factory, db)
+                if isinstance(app, Litestar):
+                    await stack.enter_async_context(app.lifespan())
+                transport = httpx.ASGITransport(app=app)
                 client = await stack.enter_async_context(
                     httpx.AsyncClient(transport=transport, base_url="http://bench")
                 )
@@ -173,6 +260,7 @@ CASES = [
         _web_setup(
             [
                 ("hand-written", fastapi_by_hand, "baseline", None),
+                ("hand-written, flush then commit", fastapi_flush_first, "control", None),
                 ("@with_services", fastapi_with_services, "uow", None),
                 ("Depends()", fastapi_depends, "alternative", None),
                 ("dishka", fastapi_dishka, "alternative", None),
@@ -190,13 +278,31 @@ CASES = [
         _web_setup(
             [
                 ("hand-written", litestar_by_hand, "baseline", None),
+                ("hand-written, flush then commit", litestar_flush_first, "control", None),
                 ("@with_services", litestar_with_services, "uow", None),
                 ("Provide()", litestar_provide, "alternative", None),
+                ("advanced-alchemy SQLAlchemyPlugin", litestar_alchemy_plugin, "alternative", None),
             ]
         ),
         True,
         10,
         "request",
-        ("litestar", "httpx"),
+        ("litestar", "httpx", "advanced_alchemy"),
+    ),
+    Case(
+        "web-starlette",
+        "end to end, Starlette",
+        _MEASURES,
+        _web_setup(
+            [
+                ("hand-written", starlette_by_hand, "baseline", None),
+                ("hand-written, flush then commit", starlette_flush_first, "control", None),
+                ("@with_services", starlette_with_services, "uow", None),
+            ]
+        ),
+        True,
+        10,
+        "request",
+        ("starlette", "httpx"),
     ),
 ]

@@ -12,7 +12,7 @@ from benchmarks.harness import Options, as_json, table
 from benchmarks.targets import evaluate, render
 from tests import servers
 
-CASES = {case.key: case for case in run.all_cases()}
+CASES = {case.key: case for case in run.all_cases() if case.smoke}
 TINY = Options(rounds=1, number=1)
 
 
@@ -31,6 +31,12 @@ def test_case_runs_once(key: str) -> None:
     text = table([result], TINY)
     assert all(r.name in text for r in result.results)
     render(evaluate([result]))
+
+
+def test_every_case_left_out_of_the_smoke_run_has_a_smaller_twin_that_runs() -> None:
+    left_out = [case.key for case in run.all_cases() if not case.smoke]
+    assert left_out == ["concurrency-1000-asyncpg"]
+    assert "concurrency-100-asyncpg" in CASES
 
 
 def test_the_runner_writes_its_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
