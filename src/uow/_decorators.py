@@ -550,7 +550,7 @@ class ServicesContext(Generic[T]):
             read_only=read_only,
             isolation_level=isolation_level,
             what=self._prepared.what,
-            timeout=parse_timeout(timeout, what=self._prepared.what),
+            timeout=None if timeout is None else parse_timeout(timeout, what=self._prepared.what),
             **events,
         )
         self._unit: ActiveUnit | None = None

@@ -306,7 +306,43 @@ class Transaction:
                 self.busy = me
         try:
             try:
-                committed, interrupt = self._end_sync(exc, straggler)
+                session = self.session
+                if (
+                    straggler is not None
+                    or session is None
+                    or exc is not None
+                    or self.root.rollback_only
+                    or self.read_only
+                ):
+                    committed, interrupt = self._end_without_commit_sync(session, exc, straggler), None
+                else:
+                    # The commit, written out here: every owning sync unit that succeeds comes this way.
+                    assert isinstance(session, Session)
+                    info = session.info
+                    info.pop(_GUARD_KEY, None)  # `_release_guard`: from here on it is uow ending the session
+                    transaction = session.get_transaction()
+                    if transaction is not None and not transaction.is_active:  # a failed flush rolled it back
+                        self._roll_back_sync(session, None)
+                        raise _flush_failed_error(self)
+                    observed = self.observed
+                    if observed is not None:
+                        observed.committing()
+                    try:
+                        interrupt = _commit_sync(session)
+                    except BaseException as failure:
+                        # The commit failed: that failure is what the caller sees, not a close error.
+                        self.unknown = _commit_result_unknown(failure)
+                        _close_preserving_sync(session, failure)
+                        raise
+                    if observed is not None:
+                        observed.committed()
+                    try:  # a failure to close is logged (the commit stands), an interrupt handed back
+                        session.close()
+                    except BaseException as failure:
+                        interrupt = _close_failed_after_commit_sync(session, failure) or interrupt
+                    if _TX_KEY in info:  # `_seal`
+                        info[_CLOSED_KEY] = True
+                    committed = True
             finally:
                 if straggler is None:
                     self.busy = None
@@ -320,41 +356,6 @@ class Transaction:
             self.run_hooks_sync(Outcome.COMMITTED if committed else Outcome.ROLLED_BACK)
         if interrupt is not None:
             raise interrupt
-
-    def _end_sync(
-        self, exc: BaseException | None, straggler: PropagationError | None
-    ) -> tuple[bool, BaseException | None]:
-        """Commit or roll back, then close: (whether it committed, an interrupt to re-raise after hooks)."""
-        session = self.session
-        if straggler is not None or session is None or exc is not None or self.root.rollback_only or self.read_only:
-            return self._end_without_commit_sync(session, exc, straggler), None
-        # The commit, written out here: every owning sync unit that succeeds comes this way.
-        assert isinstance(session, Session)
-        info = session.info
-        info.pop(_GUARD_KEY, None)  # `_release_guard`: from here on it is uow ending the session
-        transaction = session.get_transaction()
-        if transaction is not None and not transaction.is_active:  # a failed flush rolled it back
-            self._roll_back_sync(session, None)
-            raise _flush_failed_error(self)
-        observed = self.observed
-        if observed is not None:
-            observed.committing()
-        try:
-            interrupt = _commit_sync(session)
-        except BaseException as failure:
-            # The commit failed: that failure is what the caller sees, not a close error.
-            self.unknown = _commit_result_unknown(failure)
-            _close_preserving_sync(session, failure)
-            raise
-        if observed is not None:
-            observed.committed()
-        try:  # a failure to close is logged (the commit stands), an interrupt handed back
-            session.close()
-        except BaseException as failure:
-            interrupt = _close_failed_after_commit_sync(session, failure) or interrupt
-        if _TX_KEY in info:  # `_seal`
-            info[_CLOSED_KEY] = True
-        return True, interrupt
 
     def _end_without_commit_sync(
         self, session: AnySession | None, exc: BaseException | None, straggler: PropagationError | None
@@ -963,8 +964,10 @@ class UnitSpec:
                 )
             self.propagation = Propagation.NEVER
         # Both empty unless asked for: `commits` is then one falsy check on the failure path.
-        self.commit_on = parse_exception_classes(commit_on, option="commit_on", what=what)
-        self.rollback_on = parse_exception_classes(rollback_on, option="rollback_on", what=what)
+        self.commit_on = () if commit_on is None else parse_exception_classes(commit_on, option="commit_on", what=what)
+        self.rollback_on = (
+            () if rollback_on is None else parse_exception_classes(rollback_on, option="rollback_on", what=what)
+        )
         # Precomputed for `join_innermost`: reading an enum member costs more than the rest of a join check.
         self.required = self.propagation is _REQUIRED
         self.read_only = bool(read_only)
