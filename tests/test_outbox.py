@@ -243,23 +243,24 @@ async def test_a_runner_that_raised_is_retried_by_the_relay(
 
 async def test_failed_deliveries_back_off_then_park_and_requeue_brings_them_back(adb: uow.Database) -> None:
     runner = Refusing(failures=3)
-    outbox = Outbox(adb, runner, table=table, max_attempts=3, backoff=0.2, max_backoff=0.2, jitter=False)
+    outbox = Outbox(adb, runner, table=table, max_attempts=3, backoff=0.8, max_backoff=0.8, jitter=False)
     async with uow.unit_of_work(database=adb):
         message_id = outbox.enqueue("job", n=1)  # attempt 1 fails on the fast path
     (row,) = await rows(adb)
     waited = row["available_at"] - row["created_at"]
-    assert 0.15 < waited.total_seconds() < 1.0  # backed off, not due at once
+    # Backed off, not due at once (0.8 s: long enough that a busy machine reaches the next line in time).
+    assert 0.6 < waited.total_seconds() < 2.0
     assert await outbox.relay_once() == 0  # not due yet: the runner is not called
     assert runner.calls == 1
     for attempt in (2, 3):
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(0.85)
         assert await outbox.relay_once() == 0
         assert runner.calls == attempt
     assert await outbox.counts() == {"pending": 0, "failed": 1}
     (failed,) = await outbox.failed()
     assert (failed.id, failed.job, failed.payload, failed.attempts) == (message_id, "job", {"n": 1}, 3)
     assert "call 3" in (failed.last_error or "")
-    await asyncio.sleep(0.25)
+    await asyncio.sleep(0.85)
     assert await outbox.relay_once() == 0  # parked: the relay leaves it alone
     assert runner.calls == 3
     assert await outbox.requeue(["unknown"]) == 0
