@@ -24,6 +24,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -31,6 +32,9 @@ from starlette.routing import Route
 from benchmarks.common import AsyncItems, aiosqlite_engine, async_factory, clear_async
 from benchmarks.harness import Case, Setup, Variant
 from uow import Database, with_services
+from uow.integrations import fastapi as fastapi_unit
+from uow.integrations import litestar as litestar_unit
+from uow.integrations import starlette as starlette_unit
 
 Factory = async_sessionmaker[AsyncSession]
 
@@ -213,6 +217,45 @@ def starlette_with_services(factory: Factory, db: Database) -> Starlette:
     return Starlette(routes=[Route("/items", create, methods=["POST"])])
 
 
+def fastapi_request_unit(factory: Factory, db: Database) -> FastAPI:
+    """The decorated route inside the request unit of `uow.integrations.fastapi.UnitOfWorkMiddleware`."""
+    app = FastAPI()
+    app.add_middleware(fastapi_unit.UnitOfWorkMiddleware, database=db)
+
+    @app.post("/items")
+    @with_services(AsyncItems, database=db)
+    async def create(name: str, items: AsyncItems) -> dict[str, int]:
+        item = items.add(name)
+        await items.session.flush()
+        return {"id": item.id}
+
+    return app
+
+
+def starlette_request_unit(factory: Factory, db: Database) -> Starlette:
+    @with_services(AsyncItems, database=db)
+    async def create(request: Request, items: AsyncItems) -> JSONResponse:
+        item = items.add(request.query_params["name"])
+        await items.session.flush()
+        return JSONResponse({"id": item.id})
+
+    return Starlette(
+        routes=[Route("/items", create, methods=["POST"])],
+        middleware=[Middleware(starlette_unit.UnitOfWorkMiddleware, database=db)],
+    )
+
+
+def litestar_request_unit(factory: Factory, db: Database) -> Litestar:
+    @post("/items", status_code=200)
+    @with_services(AsyncItems, database=db)
+    async def create(name: FromQuery[str], items: AsyncItems) -> dict[str, int]:
+        item = items.add(name)
+        await items.session.flush()
+        return {"id": item.id}
+
+    return Litestar([create], plugins=[litestar_unit.UnitOfWorkPlugin(db)], logging_config=None)
+
+
 AppFactory = Callable[[Factory, Database], Any]
 
 
@@ -262,6 +305,7 @@ CASES = [
                 ("hand-written", fastapi_by_hand, "baseline", None),
                 ("hand-written, flush then commit", fastapi_flush_first, "control", None),
                 ("@with_services", fastapi_with_services, "uow", None),
+                ("@with_services, request unit", fastapi_request_unit, "uow", None),
                 ("Depends()", fastapi_depends, "alternative", None),
                 ("dishka", fastapi_dishka, "alternative", None),
             ]
@@ -280,6 +324,7 @@ CASES = [
                 ("hand-written", litestar_by_hand, "baseline", None),
                 ("hand-written, flush then commit", litestar_flush_first, "control", None),
                 ("@with_services", litestar_with_services, "uow", None),
+                ("@with_services, request unit", litestar_request_unit, "uow", None),
                 ("Provide()", litestar_provide, "alternative", None),
                 ("advanced-alchemy SQLAlchemyPlugin", litestar_alchemy_plugin, "alternative", None),
             ]
@@ -298,6 +343,7 @@ CASES = [
                 ("hand-written", starlette_by_hand, "baseline", None),
                 ("hand-written, flush then commit", starlette_flush_first, "control", None),
                 ("@with_services", starlette_with_services, "uow", None),
+                ("@with_services, request unit", starlette_request_unit, "uow", None),
             ]
         ),
         True,

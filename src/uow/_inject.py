@@ -11,6 +11,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import sys
 import time
 import typing
 from collections.abc import Callable, Sequence
@@ -59,6 +60,7 @@ from uow._unit import (
     exit_sync,
     find_frame,
     join_innermost,
+    join_request,
 )
 from uow.errors import ConfigurationError, InjectionError
 
@@ -121,6 +123,7 @@ class FunctionPlan:
         "direct",
         "fn",
         "is_async",
+        "layout_after",
         "positional_targets",
         "retry",
         "session_classes",
@@ -156,6 +159,8 @@ class FunctionPlan:
         self.target_names = frozenset(name for name, _ in targets)
         self.session_params = session_params
         self.positional_targets = positional_targets
+        # `_layout` places a value positionally only when the caller passed more positional arguments than this.
+        self.layout_after = positional_targets[0][0] if positional_targets else sys.maxsize
         self.visible_signature = visible_signature
         self.visible_annotations = visible_annotations
         self.spec = spec
@@ -171,14 +176,9 @@ class FunctionPlan:
         # The direct path of `call_sync`/`call_async` is the general path minus the steps that would do
         # nothing: it is taken when there is no retry policy, every service is a class built from the
         # session alone, no `override` block is active and the caller passed none of `caller_names`.
-        # A framework connection parameter may arrive positionally, so only the general path reads it.
-        general = (
-            retry is not None
-            or connection_param is not None
-            or bool(session_classes)
-            or spec.timeout is not None
-            or bool(spec.commit_on)
-        )
+        # A function with its own framework connection parameter gets a direct path of its own (see
+        # `_connection_sync_wrapper`): the request unit that parameter points at, joined without `_decide`.
+        general = retry is not None or bool(session_classes) or spec.timeout is not None or bool(spec.commit_on)
         self.direct: DirectBuilder | None = None if general else direct_builder(targets, session_params)
         # The commonest direct case, built inline by the wrappers: one service class taking the session first.
         self.single = single_positional(targets, session_params) if self.direct is not None else None
@@ -1002,14 +1002,9 @@ def _spreading(wrapper: Callable[..., Any], plan: FunctionPlan, visible: int, ta
 
 
 def _sync_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
-    direct, caller_names, spec, fn, positional = (
-        plan.direct,
-        plan.caller_names,
-        plan.spec,
-        plan.fn,
-        plan.positional_targets,
-    )
+    direct, caller_names, spec, fn = plan.direct, plan.caller_names, plan.spec, plan.fn
     single_name, single_cls = plan.single if plan.single is not None else ("", None)
+    layout_after = plan.layout_after
     if direct is None and plan.session_classes:
 
         def checked(*args: Any, **kwargs: Any) -> Any:
@@ -1024,6 +1019,8 @@ def _sync_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
             return call_sync(plan, args, kwargs)
 
         return general
+    if plan.connection_param is not None:
+        return _connection_sync_wrapper(plan)
 
     def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
         if (kwargs and not caller_names.isdisjoint(kwargs)) or current_overrides() is not None:
@@ -1039,7 +1036,7 @@ def _sync_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
             values = {single_name: single_cls(session)} if single_cls is not None else direct(session)
             if kwargs:
                 values = {**kwargs, **values}
-            if args and positional:
+            if len(args) > layout_after:
                 args, values = _layout(plan, args, values, {})
             result = fn(*args, **values)
         except BaseException as exc:
@@ -1053,14 +1050,9 @@ def _sync_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
 
 
 def _async_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
-    direct, caller_names, spec, fn, positional = (
-        plan.direct,
-        plan.caller_names,
-        plan.spec,
-        plan.fn,
-        plan.positional_targets,
-    )
+    direct, caller_names, spec, fn = plan.direct, plan.caller_names, plan.spec, plan.fn
     single_name, single_cls = plan.single if plan.single is not None else ("", None)
+    layout_after = plan.layout_after
     if direct is None and plan.session_classes:
 
         async def checked(*args: Any, **kwargs: Any) -> Any:
@@ -1075,6 +1067,8 @@ def _async_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
             return await call_async(plan, args, kwargs)
 
         return general
+    if plan.connection_param is not None:
+        return _connection_async_wrapper(plan)
 
     async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
         if (kwargs and not caller_names.isdisjoint(kwargs)) or current_overrides() is not None:
@@ -1090,7 +1084,7 @@ def _async_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
             values = {single_name: single_cls(session)} if single_cls is not None else direct(session)
             if kwargs:
                 values = {**kwargs, **values}
-            if args and positional:
+            if len(args) > layout_after:
                 args, values = _layout(plan, args, values, {})
             result = await fn(*args, **values)
         except BaseException as exc:
@@ -1101,6 +1095,108 @@ def _async_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
         return result
 
     return async_wrapper
+
+
+# A function with its own framework connection parameter (a Starlette endpoint's `request`, a Litestar
+# guard's `connection`): the general path reads that parameter and, when it points at a request unit that
+# has not finished, decides with ``request_tx=`` that unit. These wrappers take the same steps directly when
+# that unit is the innermost one (`join_request`: a plain join of it) or when the parameter points at no
+# unit (then as `sync_wrapper`: `join_innermost` or `begin_sync`); everything else goes the general way.
+
+
+def _request_of(name: str, index: int | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Transaction | None:
+    """The unfinished request transaction the connection parameter points at, as `_own_connection_unit` finds it."""
+    if name in kwargs:
+        connection = kwargs[name]
+    elif index is not None and len(args) > index:
+        connection = args[index]
+    else:
+        return None
+    tx = find_connection(connection) if connection is not None else None
+    return tx if tx is not None and not tx.finished else None
+
+
+def _connection_sync_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
+    direct, spec, fn = plan.direct, plan.spec, plan.fn
+    assert direct is not None and plan.connection_param is not None
+    connection_name, connection_index = plan.connection_param
+    # The parameter is the function's own: passing it by keyword is the framework's doing, not a caller's ask.
+    caller_names = plan.caller_names - {connection_name}
+    single_name, single_cls = plan.single if plan.single is not None else ("", None)
+    layout_after = plan.layout_after
+
+    def connection_sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+        if (kwargs and not caller_names.isdisjoint(kwargs)) or current_overrides() is not None:
+            return call_sync(plan, args, kwargs)
+        request_tx = _request_of(connection_name, connection_index, args, kwargs)
+        session: Any
+        if request_tx is not None:
+            joined = join_request(spec, request_tx, False)
+            if joined is None:
+                return call_sync(plan, args, kwargs)
+        else:
+            joined = join_innermost(spec, False)
+        if joined is None:
+            unit, session = begin_sync(spec)
+        else:
+            unit, tx = joined, joined.transaction
+            session = tx.session if tx.session is not None else tx.open_sync()
+        try:
+            values = {single_name: single_cls(session)} if single_cls is not None else direct(session)
+            if kwargs:
+                values = {**kwargs, **values}
+            if len(args) > layout_after:
+                args, values = _layout(plan, args, values, {})
+            result = fn(*args, **values)
+        except BaseException as exc:
+            exit_sync(unit, exc)
+            raise
+        if joined is None:
+            exit_sync(unit, None)
+        return result
+
+    return connection_sync_wrapper
+
+
+def _connection_async_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
+    direct, spec, fn = plan.direct, plan.spec, plan.fn
+    assert direct is not None and plan.connection_param is not None
+    connection_name, connection_index = plan.connection_param
+    caller_names = plan.caller_names - {connection_name}
+    single_name, single_cls = plan.single if plan.single is not None else ("", None)
+    layout_after = plan.layout_after
+
+    async def connection_async_wrapper(*args: Any, **kwargs: Any) -> Any:
+        if (kwargs and not caller_names.isdisjoint(kwargs)) or current_overrides() is not None:
+            return await call_async(plan, args, kwargs)
+        request_tx = _request_of(connection_name, connection_index, args, kwargs)
+        session: Any
+        if request_tx is not None:
+            joined = join_request(spec, request_tx, True)
+            if joined is None:
+                return await call_async(plan, args, kwargs)
+        else:
+            joined = join_innermost(spec, True)
+        if joined is None:
+            unit, session = await begin_async(spec)
+        else:
+            unit, tx = joined, joined.transaction
+            session = tx.session if tx.session is not None else await tx.open_async()
+        try:
+            values = {single_name: single_cls(session)} if single_cls is not None else direct(session)
+            if kwargs:
+                values = {**kwargs, **values}
+            if len(args) > layout_after:
+                args, values = _layout(plan, args, values, {})
+            result = await fn(*args, **values)
+        except BaseException as exc:
+            await exit_async(unit, exc)
+            raise
+        if joined is None:
+            await exit_async(unit, None)
+        return result
+
+    return connection_async_wrapper
 
 
 def decorate(

@@ -71,6 +71,7 @@ __all__ = [
     "before_commit",
     "current_session",
     "join_innermost",
+    "join_request",
     "on_commit",
     "on_completion",
     "on_rollback",
@@ -427,7 +428,7 @@ class Transaction:
             return
         assert isinstance(session, AsyncSession)
         _release_guard(session.info)
-        ender = asyncio.current_task()
+        ender = _task_on(asyncio.get_running_loop())  # `asyncio.current_task()`, without a Python call
         try:
             (committed, interrupt), cancellation = await _to_completion(self._end_or_abandon_async(session, exc, ender))
         except BaseException:
@@ -460,34 +461,33 @@ class Transaction:
             _note_straggler(exc, straggler)
             return False, None
         # Ending is a statement too: another task using the session meanwhile is refused.
-        self.busy = asyncio.current_task()
+        self.busy = _task_on(asyncio.get_running_loop())  # `asyncio.current_task()`, without a Python call
         try:
-            return await self._end_async(session, exc)
+            # Commit or roll back, then close: (whether COMMIT went through, an interrupt to re-raise after
+            # hooks). Written out here rather than in a coroutine of its own: every owning async unit comes
+            # this way, and each coroutine layer is resumed at every await below it.
+            if exc is not None or self.root.rollback_only or self.read_only:
+                await self._roll_back_async(session, exc)
+                return False, None
+            transaction = session.sync_session.get_transaction()
+            if transaction is not None and not transaction.is_active:  # a failed flush rolled it back
+                await self._roll_back_async(session, None)
+                raise _flush_failed_error(self)
+            observed = self.observed
+            if observed is not None:
+                observed.committing()
+            try:
+                interrupt = await _commit_async(session)
+            except BaseException as failure:
+                # The commit failed: that failure is what the caller sees, not a close error.
+                self.unknown = _commit_result_unknown(failure)
+                await _close_preserving_async(session, failure)
+                raise
+            if observed is not None:
+                observed.committed()
+            return True, await _close_after_commit_async(session) or interrupt
         finally:
             self.busy = None
-
-    async def _end_async(self, session: AsyncSession, exc: BaseException | None) -> tuple[bool, BaseException | None]:
-        """Commit or roll back, then close: (whether COMMIT went through, an interrupt to re-raise after hooks)."""
-        if exc is not None or self.root.rollback_only or self.read_only:
-            await self._roll_back_async(session, exc)
-            return False, None
-        transaction = session.sync_session.get_transaction()
-        if transaction is not None and not transaction.is_active:  # a failed flush rolled it back
-            await self._roll_back_async(session, None)
-            raise _flush_failed_error(self)
-        observed = self.observed
-        if observed is not None:
-            observed.committing()
-        try:
-            interrupt = await _commit_async(session)
-        except BaseException as failure:
-            # The commit failed: that failure is what the caller sees, not a close error.
-            self.unknown = _commit_result_unknown(failure)
-            await _close_preserving_async(session, failure)
-            raise
-        if observed is not None:
-            observed.committed()
-        return True, await _close_after_commit_async(session) or interrupt
 
     async def _roll_back_async(self, session: AsyncSession, exc: BaseException | None) -> None:
         try:
@@ -691,8 +691,9 @@ class Frame:
         # The task (async) or thread (sync) that pushed the frame. Tasks and threads started inside the
         # unit inherit the frame with the context; a join from one of them is told apart by this.
         if transaction.is_async:
-            self.owner = current_user(True)
-            self.loop = _running_loop()
+            # `current_user(True)` without its calls: the running loop's current task, None without a loop.
+            loop = self.loop = _running_loop()
+            self.owner = None if loop is None else _task_on(loop)
         else:
             self.owner = get_ident()  # current_user(False), without the call
             self.loop = None
@@ -718,7 +719,7 @@ def current_user(is_async: bool) -> object:
     """Who is running: the asyncio task for an async session, the thread for a sync one."""
     if is_async:
         try:
-            return asyncio.current_task()
+            return _task_on(asyncio.get_running_loop())  # `asyncio.current_task()`, without a Python call
         except RuntimeError:  # no running loop: nothing can share the session with us
             return None
     return threading.get_ident()
@@ -775,6 +776,11 @@ def push_frame(frame: Frame) -> contextvars.Token[Frame | None]:
 
 def pop_frame(token: contextvars.Token[Frame | None]) -> None:
     _current.reset(token)
+
+
+def push_transaction(tx: Transaction) -> contextvars.Token[Frame | None]:
+    """Make `tx` the innermost active unit (its root scope), as a request unit does while its request runs."""
+    return _current.set(Frame(tx.database, tx, tx.root, _current.get()))
 
 
 # -- public helpers -------------------------------------------------------------------------
@@ -1164,6 +1170,37 @@ def join_innermost(spec: UnitSpec, want_async: bool) -> ActiveUnit | None:
         return None
     if tx.read_only or spec.isolation_level is not None:
         _check_join(spec, tx)  # what `_decide` would check here; it can only refuse in these two cases
+    unit = frame.joined
+    if unit is None:
+        unit = frame.joined = ActiveUnit(_JOIN, tx, frame.scope, None)
+    return unit
+
+
+def join_request(spec: UnitSpec, tx: Transaction, want_async: bool) -> ActiveUnit | None:
+    """The JOIN `_decide` would choose for a unit given ``request_tx=tx`` (the request unit a function's own
+    framework connection parameter points at) when `tx` is the innermost active unit's transaction.
+
+    `join_innermost` for the request's transaction: the database is the request unit's, whatever the
+    unit's own (as `_decide` does for ``request_tx``). None for every other situation, which
+    `enter_sync` / `enter_async` with ``request_tx=tx`` then decide in full.
+    """
+    frame = _current.get()
+    if frame is None or frame.transaction is not tx or not spec.required:
+        return None
+    database = tx.database
+    # `find_frame(database)` is this frame only when it carries the request's database (not None), and
+    # `_check_kind` would refuse a unit of the other kind.
+    if database is None or frame.database is not database or database.is_async != want_async:
+        return None
+    if tx.finished or tx.is_async != want_async:
+        return None
+    if want_async:
+        if _task_on(frame.loop) is not frame.owner:
+            return None  # another task: `_enter_foreign` admits it or refuses it
+    elif frame.owner != get_ident():
+        return None
+    if tx.read_only or spec.isolation_level is not None:
+        _check_join(spec, tx)  # what `_decide_with_active` would check here
     unit = frame.joined
     if unit is None:
         unit = frame.joined = ActiveUnit(_JOIN, tx, frame.scope, None)
@@ -2470,7 +2507,7 @@ async def _to_completion(work: Coroutine[Any, Any, T]) -> tuple[T, BaseException
     If `work` fails while a cancellation is pending, the cancellation is raised (the task must stop),
     with the failure noted on it.
     """
-    task = asyncio.ensure_future(work)
+    task = asyncio.get_running_loop().create_task(work)  # `asyncio.ensure_future(work)`, without its Python calls
     cancellation: BaseException | None = None
     while True:
         try:

@@ -27,6 +27,7 @@ from uow.integrations._request import SCOPE_KEY, ErrorResponse, NoResponse, Requ
 __all__ = ["ASGIApp", "UnitOfWorkMiddleware"]
 
 logger = logging.getLogger("uow")
+_WHAT = "UnitOfWorkMiddleware"
 
 # Loose on purpose: Starlette spells these as MutableMapping, Litestar as unions of TypedDicts, and
 # the middleware must type-check as a middleware of both.
@@ -80,18 +81,23 @@ class UnitOfWorkMiddleware:
 
     def _unit(self, scope: Scope) -> RequestUnit:
         if self.request_session is None:
-            return RequestUnit(resolve_database(self.database, what="UnitOfWorkMiddleware"))
+            return RequestUnit(resolve_database(self.database, what=_WHAT))
         return adopted_unit(self.database, self.request_session(scope), plugin=self.plugin_name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self.app(scope, self._checking_startup(scope, receive, send), send)
-            return
-        if scope["type"] != "http":
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "lifespan":
+                receive = self._checking_startup(scope, receive, send)
             await self.app(scope, receive, send)
             return
-        self._check_once(scope)
-        unit = self._unit(scope)
+        if not self._checked:
+            self._check_once(scope)
+        if self.request_session is None:  # `self._unit(scope)`, inline for the common case
+            database = self.database
+            unit = RequestUnit(database if database is not None else resolve_database(None, what=_WHAT))
+        else:
+            unit = self._unit(scope)
         scope[SCOPE_KEY] = unit
 
         replaced = False
@@ -100,11 +106,21 @@ class UnitOfWorkMiddleware:
             nonlocal replaced
             if replaced:
                 return  # the rest of a response the client will never see
-            starts_response = message["type"] == "http.response.start" and not unit.finished
-            if starts_response and not await _finish_before_response(unit, int(message["status"])):
-                replaced = True
-                await _send_server_error(send)
-                return
+            if message["type"] == "http.response.start" and not unit.finished:
+                # Commit (status below 400) or roll back before anything reaches the client.
+                status = int(message["status"])
+                if status >= 400:
+                    await finish(unit, ErrorResponse(status))
+                else:
+                    try:
+                        await finish(unit, None)
+                    except Exception:
+                        logger.exception(
+                            "uow: the request's unit of work failed to commit; answering 500 instead of %d", status
+                        )
+                        replaced = True
+                        await _send_server_error(send)
+                        return
             await send(message)
 
         unit.activate()
@@ -114,7 +130,8 @@ class UnitOfWorkMiddleware:
             await _finish_shielded(unit, exc)
             raise
         else:
-            await _finish_shielded(unit, NoResponse("the application returned without starting a response"))
+            if not unit.finished:  # the response started: it is finished, and no NoResponse is made for nothing
+                await _finish_shielded(unit, NoResponse("the application returned without starting a response"))
         finally:
             unit.deactivate()
 
@@ -134,24 +151,14 @@ class UnitOfWorkMiddleware:
 
 
 async def finish(unit: RequestUnit, exc: BaseException | None) -> None:
-    """Finish `unit`: awaited when async, in a worker thread when sync (a commit blocks)."""
-    if unit.is_async:
-        await unit.finish_async(exc)
+    """Finish `unit` (once): awaited when async, in a worker thread when sync (a commit blocks)."""
+    tx = unit.transaction
+    if tx.is_async:
+        if not unit.finished:  # `unit.finish_async(exc)`, without the call
+            unit.finished = True
+            await tx.finish_async(exc)
     else:
         await anyio.to_thread.run_sync(unit.finish_sync, exc)
-
-
-async def _finish_before_response(unit: RequestUnit, status: int) -> bool:
-    """Commit (status below 400) or roll back; False when the commit failed."""
-    if status >= 400:
-        await finish(unit, ErrorResponse(status))
-        return True
-    try:
-        await finish(unit, None)
-    except Exception:
-        logger.exception("uow: the request's unit of work failed to commit; answering 500 instead of %d", status)
-        return False
-    return True
 
 
 _SERVER_ERROR = b"Internal Server Error"

@@ -26,7 +26,7 @@ from uow._database import Database, get_default_database
 from uow._decorators import ServiceSpec, provide_services
 from uow._inject import register_connection_resolver
 from uow._providers import snake_case
-from uow._unit import Frame, Transaction, innermost_frame, pop_frame, push_frame
+from uow._unit import Frame, Transaction, push_transaction
 from uow.errors import ConfigurationError
 
 __all__ = [
@@ -75,14 +75,13 @@ class RequestUnit:
 
     def activate(self) -> None:
         """Make the unit the innermost frame of the current context, so the request's code joins it."""
-        tx = self.transaction
-        self._token = push_frame(Frame(tx.database, tx, tx.root, innermost_frame()))
+        self._token = push_transaction(self.transaction)
 
     def deactivate(self) -> None:
         """Undo `activate` (in the same context it ran in)."""
         token, self._token = self._token, None
         if token is not None:
-            pop_frame(token)
+            token.var.reset(token)  # `pop_frame(token)`, without the call
 
     # Once finished, the frame stays on the stack until `deactivate` but is skipped by every lookup
     # (a finished transaction is never joined): on_commit hooks and a streamed body get units of their own.
@@ -191,8 +190,10 @@ def _holder(connection: Any) -> Mapping[str, Any] | None:
 
 
 def _transaction_of(connection: Any) -> Transaction | None:
-    unit = request_unit(connection)
-    return unit.transaction if unit is not None else None
+    # `request_unit(connection)`, without the call: every decorated function with a connection parameter asks.
+    holder = connection if type(connection) is dict else _holder(connection)
+    unit = holder.get(SCOPE_KEY) if holder is not None else None
+    return unit.transaction if isinstance(unit, RequestUnit) else None
 
 
 register_connection_resolver(_transaction_of)
