@@ -250,11 +250,12 @@ def test_a_timeout_on_the_callers_session_leaves_the_session_to_the_caller(db: u
 def test_each_attempt_gets_the_whole_timeout_and_a_timed_out_attempt_is_not_retried(db: uow.Database) -> None:
     attempts: list[int] = []
 
-    @uow.with_services(ItemService, database=db, timeout=0.4, retry=uow.Retry(attempts=3, backoff=0.01))
+    # 1 s: an attempt's own work (0.4 s) fits in it on a busy machine; three attempts do not.
+    @uow.with_services(ItemService, database=db, timeout=1.0, retry=uow.Retry(attempts=3, backoff=0.01))
     def flaky(items: ItemService) -> None:
         attempts.append(1)
         items.add(f"try {len(attempts)}")
-        time.sleep(0.25)  # three of these are longer than the timeout: the deadline is per attempt
+        time.sleep(0.4)  # three of these are longer than the timeout: the deadline is per attempt
         if len(attempts) < 3:
             raise OperationalError("SELECT 1", {}, Exception("database is locked"))
 
