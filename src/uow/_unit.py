@@ -783,6 +783,21 @@ def push_transaction(tx: Transaction) -> contextvars.Token[Frame | None]:
     return _current.set(Frame(tx.database, tx, tx.root, _current.get()))
 
 
+def forget_frames_above(frame: Frame | None) -> None:
+    """Make `frame` the innermost unit again, dropping every frame pushed above it (units a test left open)."""
+    _current.set(frame)
+
+
+def start_capturing_hooks(hooks: CapturedHooks) -> contextvars.Token[CapturedHooks | None]:
+    """Hand the hooks due after units end in this context to `hooks` instead of running them (uow.testing)."""
+    return hook_capture.set(hooks)
+
+
+def stop_capturing_hooks(token: contextvars.Token[CapturedHooks | None]) -> None:
+    """Undo `start_capturing_hooks`."""
+    hook_capture.reset(token)
+
+
 # -- public helpers -------------------------------------------------------------------------
 
 
