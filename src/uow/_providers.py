@@ -675,6 +675,25 @@ async def _finish_async_generator(generator: AsyncGenerator[Any, None], exc: Bas
     raise RuntimeError(f"provider generator {generator!r} yielded more than once; a provider must yield exactly once")
 
 
+# -- overrides --------------------------------------------------------------------------------
+
+
+def apply_override(service: Any, replacement: Any) -> Mapping[Any, Any] | None:
+    """From now on in this context, units build `replacement` wherever `service` is asked for.
+
+    Returns the overrides that were active before, to hand to `undo_overrides` (after several
+    in turn: what the first returned). `override` and the ``uow_override`` fixture both use it.
+    """
+    before = _overrides.get()
+    _overrides.set({**(before or {}), service: replacement})
+    return before
+
+
+def undo_overrides(before: Mapping[Any, Any] | None) -> None:
+    """Make `before` (what `apply_override` returned) the overrides of this context again."""
+    _overrides.set(before)
+
+
 @contextlib.contextmanager
 def override(service: Any, replacement: Any) -> Generator[None, None, None]:
     """Within the block, every unit builds `replacement` wherever `service` was asked for.
@@ -683,9 +702,8 @@ def override(service: Any, replacement: Any) -> Generator[None, None, None]:
     instance (used as is). Works with ``with`` in sync and async code; the override is
     held in a context variable, so concurrent tasks each see their own.
     """
-    current = _overrides.get() or {}
-    token = _overrides.set({**current, service: replacement})
+    before = apply_override(service, replacement)
     try:
         yield
     finally:
-        _overrides.reset(token)
+        undo_overrides(before)

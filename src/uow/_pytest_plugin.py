@@ -13,16 +13,16 @@ from typing import Any
 import pytest
 
 from uow._database import Database, get_default_database
-from uow._providers import _overrides
+from uow._providers import apply_override, current_overrides, undo_overrides
 from uow._testing import (
     CapturedHooks,
     UnitLeftOpenError,
-    _frames_left_open,
-    _left_open_error,
     bound_to_transaction,
     capture_on_commit,
+    frames_left_open,
+    left_open_error,
 )
-from uow._unit import Frame, _current, innermost_frame
+from uow._unit import Frame, forget_frames_above, innermost_frame
 
 __all__ = [
     "pytest_addoption",
@@ -136,10 +136,10 @@ def uow_transaction(request: pytest.FixtureRequest, uow_database: Database) -> I
 
 
 def _fail_if_frames_left(database: Database, entered_with: Frame | None) -> None:
-    names = _frames_left_open(database, entered_with)
+    names = frames_left_open(database, entered_with)
     if names:
-        _current.set(entered_with)
-        pytest.fail(str(_left_open_error(names, database)), pytrace=False)
+        forget_frames_above(entered_with)
+        pytest.fail(str(left_open_error(names, database)), pytrace=False)
 
 
 async def _async_transaction(request: pytest.FixtureRequest, uow_database: Database) -> AsyncIterator[Database]:
@@ -184,13 +184,13 @@ def uow_override() -> Iterator[Callable[[Any, Any], None]]:
     Held in a context variable: undone after the test, and invisible to other tests running
     concurrently in other tasks.
     """
-    before = _overrides.get()
+    before = current_overrides()
 
     def apply(service: Any, replacement: Any) -> None:
-        _overrides.set({**(_overrides.get() or {}), service: replacement})
+        apply_override(service, replacement)
 
     yield apply
-    _overrides.set(before)
+    undo_overrides(before)
 
 
 @pytest.fixture

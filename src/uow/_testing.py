@@ -29,10 +29,11 @@ from uow._unit import (
     Frame,
     Hook,
     Outcome,
-    _current,
-    hook_capture,
+    forget_frames_above,
     innermost_frame,
     release_guard,
+    start_capturing_hooks,
+    stop_capturing_hooks,
 )
 from uow.errors import ConfigurationError, UowError
 
@@ -160,7 +161,7 @@ def _unit_names(sessions: list[Any]) -> list[str]:
     return [str(session.info.get(OPENED_BY_KEY) or "a unit of work") for session in sessions]
 
 
-def _left_open_error(names: list[str], database: Database) -> UnitLeftOpenError:
+def left_open_error(names: list[str], database: Database) -> UnitLeftOpenError:
     listed = ", ".join(dict.fromkeys(names))
     return UnitLeftOpenError(
         f"the test left {len(names)} unit(s) of work open on {database!r}, opened by: {listed}. "
@@ -169,7 +170,7 @@ def _left_open_error(names: list[str], database: Database) -> UnitLeftOpenError:
     )
 
 
-def _frames_left_open(database: Database, entered_with: Frame | None) -> list[str]:
+def frames_left_open(database: Database, entered_with: Frame | None) -> list[str]:
     """Units on this context's stack that were entered inside the binding and never left."""
     names: list[str] = []
     frame = innermost_frame()
@@ -351,9 +352,9 @@ class bound_to_transaction:
 
     def _forget_frames_left_open(self) -> list[str]:
         """Names of units entered in this context and never left; drops them so later code starts clean."""
-        names = _frames_left_open(self.database, self._entered_with)
+        names = frames_left_open(self.database, self._entered_with)
         if names:
-            _current.set(self._entered_with)
+            forget_frames_above(self._entered_with)
         return names
 
     def _open_sessions(self) -> list[Any]:
@@ -363,7 +364,7 @@ class bound_to_transaction:
     def _raise_if_left_open(self, frames: list[str], sessions: list[Any], exc: BaseException | None) -> None:
         names = frames or _unit_names(sessions)
         if names and exc is None:
-            raise _left_open_error(names, self.database)
+            raise left_open_error(names, self.database)
 
 
 def _in_transaction(session: Session | AsyncSession) -> bool:
@@ -491,7 +492,7 @@ class capture_on_commit:
         self._token: contextvars.Token[CapturedHooks | None] | None = None
 
     def __enter__(self) -> CapturedHooks:
-        self._token = hook_capture.set(self.hooks)
+        self._token = start_capturing_hooks(self.hooks)
         return self.hooks
 
     def __exit__(
@@ -513,5 +514,5 @@ class capture_on_commit:
 
     def _stop(self) -> None:
         if self._token is not None:
-            hook_capture.reset(self._token)
+            stop_capturing_hooks(self._token)
             self._token = None
