@@ -83,7 +83,7 @@ class Database:
             self.is_async = isinstance(primary, AsyncEngine)
             self.session_factory = self._factory_for(primary)
         self.replica_factories: list[AnySessionFactory] = [self._replica_factory(r) for r in replicas]
-        for managed in _engines_of(self):
+        for managed in engines_of(self):
             # Also engines the application built: nested units must behave as with a URL (and as under
             # uow.testing, which binds tests to a connection with this recipe's effect).
             _use_real_sqlite_transactions(managed)
@@ -129,7 +129,7 @@ class Database:
         its credentials, when the server cannot be reached or does not answer within `timeout` seconds;
         the wait is bounded by `timeout` even when the server accepts the connection and never answers.
         """
-        seconds = _ping_timeout(timeout, what=f"{self!r}.ping()")
+        seconds = _ping_timeout(timeout, label=f"{self!r}.ping()")
         if self.is_async:
             raise ConfigurationError(f"{self!r} is async: use 'await database.ping_async()'")
         engine = self._ping_engine()
@@ -158,7 +158,7 @@ class Database:
 
     async def ping_async(self, timeout: float = 5.0) -> float:
         """`ping` for async code: an async Database pings on its event loop, a sync one in a thread."""
-        seconds = _ping_timeout(timeout, what=f"{self!r}.ping_async()")
+        seconds = _ping_timeout(timeout, label=f"{self!r}.ping_async()")
         if not self.is_async:
             return await asyncio.get_running_loop().run_in_executor(None, self.ping, seconds)
         engine = self._ping_engine()
@@ -249,9 +249,9 @@ class Database:
         return factory
 
 
-def _ping_timeout(value: object, *, what: str) -> float:
+def _ping_timeout(value: object, *, label: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigurationError(f"{what}: timeout= must be a positive number of seconds, got {value!r}")
+        raise ConfigurationError(f"{label}: timeout= must be a positive number of seconds, got {value!r}")
     return float(value)
 
 
@@ -426,14 +426,14 @@ def get_default_database() -> Database | None:
     return _default.database
 
 
-def resolve_database(database: Database | None, *, what: str) -> Database:
-    """`database` itself, else the configured default; `ConfigurationError` naming `what` if neither exists."""
+def resolve_database(database: Database | None, *, label: str) -> Database:
+    """`database` itself, else the configured default; `ConfigurationError` naming `label` if neither exists."""
     if database is not None:
         return database
     default = _default.database
     if default is None:
         raise ConfigurationError(
-            f"{what} has no database: call uow.configure(Database(url)) at start-up, "
+            f"{label} has no database: call uow.configure(Database(url)) at start-up, "
             "or pass database=... to the decorator"
         )
     return default
@@ -442,12 +442,12 @@ def resolve_database(database: Database | None, *, what: str) -> Database:
 def _forget_parent_connections() -> None:
     """In a forked child, drop the parent's pooled connections without closing them under the parent."""
     for database in list(_ALL_DATABASES):
-        for engine in _engines_of(database):
+        for engine in engines_of(database):
             sync_engine = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
             sync_engine.dispose(close=False)
 
 
-def _engines_of(database: Database) -> Iterator[AnyEngine]:
+def engines_of(database: Database) -> Iterator[AnyEngine]:
     seen: set[int] = set()
     factories = [database.session_factory, *database.replica_factories]
     for factory in factories:

@@ -274,7 +274,7 @@ def plan_function(
         timeout=parse_timeout(timeout, what=what),
         **events,
     )
-    retry_policy = parse_retry(retry, what=what)
+    retry_policy = parse_retry(retry, label=what)
     if spec.database is not None and spec.database.is_async != is_async:
         raise ConfigurationError(
             f"{what} is {'async' if is_async else 'sync'} but {spec.database!r} is "

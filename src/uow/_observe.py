@@ -209,9 +209,9 @@ class UnitRecord:
 _LEFT_OUT = object()  # the state of a sink whose unit_started failed: it hears nothing more of the unit
 
 
-def _sink_failed(sink: Sink, what: str) -> None:
+def _sink_failed(sink: Sink, method: str) -> None:
     # Watching a unit must never change how it ends: the unit goes on, the failure is logged.
-    logger.exception("uow: %s.%s failed; the unit is not affected", type(sink).__qualname__, what)
+    logger.exception("uow: %s.%s failed; the unit is not affected", type(sink).__qualname__, method)
 
 
 def _outcome(unit: UnitRecord, error: BaseException | None) -> str:

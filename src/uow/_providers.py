@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import contextvars
+import enum
 import functools
 import inspect
 import re
@@ -52,8 +53,21 @@ _WRAPPER_ORIGINS = {
 # What tests and callers swap in: service type -> replacement class, provider or instance.
 _overrides: contextvars.ContextVar[Mapping[Any, Any] | None] = contextvars.ContextVar("uow_overrides", default=None)
 
-# Provider kinds
-CLASS, CALL, CORO, GEN, AGEN = range(5)
+
+class ProviderKind(enum.IntEnum):
+    """How a provider hands over its service, read once by `plan_service`."""
+
+    CLASS = 0  # a class (or a partial of one): built with keyword arguments
+    CALL = 1  # a function returning the service
+    CORO = 2  # an async function returning it
+    GEN = 3  # a generator yielding it once, finished when the unit ends
+    AGEN = 4  # an async generator yielding it once
+
+
+_ASYNC_KINDS = (ProviderKind.CORO, ProviderKind.AGEN)
+# What the call-time builders compare with: a global read, where ``ProviderKind.CLASS`` (an
+# attribute of an enum class, looked up through its metaclass) costs about a microsecond more.
+_CLASS_KIND = ProviderKind.CLASS
 
 _SESSION = object()  # marks a constructor argument that receives the unit's session
 
@@ -68,7 +82,7 @@ class ServicePlan:
         provider: Any,
         service_type: Any,
         names: tuple[str, ...],
-        kind: int,
+        kind: ProviderKind,
         arguments: tuple[tuple[str, Any], ...] = (),
         takes_session: bool = True,
         sessions: tuple[SessionNeed, ...] = (),
@@ -91,7 +105,7 @@ class ServicePlan:
 
     @property
     def is_async_only(self) -> bool:
-        return self.kind in (CORO, AGEN) or any(
+        return self.kind in _ASYNC_KINDS or any(
             isinstance(source, ServicePlan) and source.is_async_only for _, source in self.arguments
         )
 
@@ -230,7 +244,7 @@ def _plan_provider(provider: Any, *, for_async: bool, owner: str) -> ServicePlan
     kind = _provider_kind(provider)
     service_type = provider_type(provider)
     label = provider_label(provider, service_type)
-    if kind in (CORO, AGEN) and not for_async:
+    if kind in _ASYNC_KINDS and not for_async:
         raise InjectionError(
             f"{owner} is sync but its provider {label} is async: "
             "make the function 'async def' or give it a sync provider"
@@ -256,15 +270,15 @@ def _plan_provider(provider: Any, *, for_async: bool, owner: str) -> ServicePlan
 _GENERIC_PROVIDER_NAMES = frozenset({"provide_service", "provide_service_async", "provide_service_sync"})
 
 
-def _provider_kind(provider: Any) -> int:
+def _provider_kind(provider: Any) -> ProviderKind:
     target = underlying_function(provider)
     if inspect.isasyncgenfunction(target):
-        return AGEN
+        return ProviderKind.AGEN
     if inspect.isgeneratorfunction(target):
-        return GEN
+        return ProviderKind.GEN
     if inspect.iscoroutinefunction(target):
-        return CORO
-    return CALL
+        return ProviderKind.CORO
+    return ProviderKind.CALL
 
 
 def _check_provider_parameters(provider: Any, *, label: str, owner: str) -> bool:
@@ -373,7 +387,9 @@ def _plan_class(
             "outside the unit: give its constructor a 'session: Session' (or 'AsyncSession') parameter, "
             "or pass a provider function that builds it"
         )
-    return ServicePlan(target, cls, (snake_case(cls.__name__),), CLASS, tuple(arguments), sessions=tuple(sessions))
+    return ServicePlan(
+        target, cls, (snake_case(cls.__name__),), ProviderKind.CLASS, tuple(arguments), sessions=tuple(sessions)
+    )
 
 
 def _constructor_parameters(target: Any, cls: type) -> tuple[list[inspect.Parameter] | None, dict[str, Any]]:
@@ -478,7 +494,7 @@ def direct_builder(
     """
     recipe: list[tuple[str, Any, tuple[str, ...] | None]] = []
     for name, plan in targets:
-        if plan.kind != CLASS or any(source is not _SESSION for _, source in plan.arguments):
+        if plan.kind is not ProviderKind.CLASS or any(source is not _SESSION for _, source in plan.arguments):
             return None
         keywords = tuple(keyword for keyword, _ in plan.arguments)
         positional = len(keywords) == 1 and _first_parameter_is(plan.provider, keywords[0])
@@ -503,7 +519,7 @@ def single_positional(
     if session_params or len(targets) != 1:
         return None
     ((name, plan),) = targets
-    if plan.kind != CLASS or len(plan.arguments) != 1 or plan.arguments[0][1] is not _SESSION:
+    if plan.kind is not ProviderKind.CLASS or len(plan.arguments) != 1 or plan.arguments[0][1] is not _SESSION:
         return None
     return (name, plan.provider) if _first_parameter_is(plan.provider, plan.arguments[0][0]) else None
 
@@ -533,7 +549,7 @@ def _build_one_sync(plan: ServicePlan, session: Any, cache: dict[Any, Any], clos
     replacement = _override_for(plan)
     if replacement is not _NO_OVERRIDE:
         instance = _build_replacement_sync(replacement, session, closers)
-    elif plan.kind == CLASS:
+    elif plan.kind is _CLASS_KIND:
         kwargs = {
             name: session if source is _SESSION else _build_one_sync(source, session, cache, closers)
             for name, source in plan.arguments
@@ -583,7 +599,7 @@ async def _build_one_async(plan: ServicePlan, session: Any, cache: dict[Any, Any
     replacement = _override_for(plan)
     if replacement is not _NO_OVERRIDE:
         instance = await _build_replacement_async(replacement, session, closers)
-    elif plan.kind == CLASS:
+    elif plan.kind is _CLASS_KIND:
         kwargs = {}
         for name, source in plan.arguments:
             kwargs[name] = session if source is _SESSION else await _build_one_async(source, session, cache, closers)

@@ -10,7 +10,7 @@ from sqlalchemy.exc import DBAPIError
 
 from uow.errors import ConfigurationError, UnitTimeoutError
 
-__all__ = ["Retry", "describe_error", "is_transient", "parse_retry"]
+__all__ = ["Retry", "describe_error", "is_transient", "parse_retry", "sqlstate"]
 
 _PG_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
 _MYSQL_TRANSIENT_CODES = frozenset({1213, 1205})  # ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT
@@ -46,11 +46,21 @@ def _driver_errors(exc: BaseException) -> Iterator[BaseException]:
         pending.extend([orig if isinstance(orig, BaseException) else None, error.__cause__])
 
 
-def _is_transient_driver_error(error: BaseException) -> bool:
-    for attribute in ("sqlstate", "pgcode"):  # asyncpg and psycopg 3 / psycopg2
+def sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE a PostgreSQL driver's error carries, else None.
+
+    asyncpg and psycopg 3 call it ``sqlstate``, psycopg2 ``pgcode``.
+    """
+    for attribute in ("sqlstate", "pgcode"):
         code = getattr(error, attribute, None)
-        if isinstance(code, str) and code in _PG_TRANSIENT_SQLSTATES:
-            return True
+        if isinstance(code, str) and code:
+            return code
+    return None
+
+
+def _is_transient_driver_error(error: BaseException) -> bool:
+    if sqlstate(error) in _PG_TRANSIENT_SQLSTATES:
+        return True
     module = type(error).__module__
     if module.startswith(("pymysql", "aiomysql", "asyncmy", "MySQLdb", "mysql")) or _looks_like_mysql(error):
         args = getattr(error, "args", ())
@@ -100,10 +110,9 @@ def _class_path(error: BaseException) -> str:
 
 
 def _error_code(error: BaseException, depth: int = 0) -> str | None:
-    for attribute in ("sqlstate", "pgcode"):  # asyncpg and psycopg 3 / psycopg2
-        code = getattr(error, attribute, None)
-        if isinstance(code, str) and code:
-            return f"SQLSTATE {code}"
+    code = sqlstate(error)
+    if code is not None:
+        return f"SQLSTATE {code}"
     name = getattr(error, "sqlite_errorname", None)  # sqlite3 on Python 3.11+
     if isinstance(name, str):
         return name
@@ -159,12 +168,12 @@ class Retry:
         return delay
 
 
-def parse_retry(retry: Retry | int | None, *, what: str) -> Retry | None:
+def parse_retry(retry: Retry | int | None, *, label: str) -> Retry | None:
     """`retry=` as given to a decorator: a `Retry`, an attempt count, or None."""
     if retry is None or isinstance(retry, Retry):
         return retry
     if isinstance(retry, int) and not isinstance(retry, bool):
         if retry < 1:
-            raise ConfigurationError(f"{what}: retry={retry} must be at least 1 (the number of attempts)")
+            raise ConfigurationError(f"{label}: retry={retry} must be at least 1 (the number of attempts)")
         return Retry(attempts=retry)
-    raise ConfigurationError(f"{what}: retry= needs a uow.Retry(...) or a number of attempts, got {retry!r}")
+    raise ConfigurationError(f"{label}: retry= needs a uow.Retry(...) or a number of attempts, got {retry!r}")

@@ -138,11 +138,11 @@ def _swap_in(database: Database, factory: AnySessionFactory) -> _SavedFactories:
     return saved
 
 
-def _engine_for(database: Database, *, is_async: bool, what: str) -> Any:
+def _engine_for(database: Database, *, is_async: bool, label: str) -> Any:
     if database.is_async != is_async:
         if database.is_async:
-            raise ConfigurationError(f"{database!r} is async: use 'async with {what}'")
-        raise ConfigurationError(f"{database!r} is sync: use 'with {what}'")
+            raise ConfigurationError(f"{database!r} is async: use 'async with {label}'")
+        raise ConfigurationError(f"{database!r} is sync: use 'with {label}'")
     if database in _bound:
         raise ConfigurationError(
             f"{database!r} is already bound to a test transaction: a binding cannot be nested; "
@@ -151,7 +151,7 @@ def _engine_for(database: Database, *, is_async: bool, what: str) -> Any:
     engine = database.engine
     if not isinstance(engine, (Engine, AsyncEngine)):
         raise ConfigurationError(
-            f"{what}: {database!r} was built from a session_factory without an Engine bind; "
+            f"{label}: {database!r} was built from a session_factory without an Engine bind; "
             "build it with Database(url) or Database(engine=...) so the test can open its own connection"
         )
     return engine
@@ -274,14 +274,14 @@ class bound_to_transaction:
     def database(self) -> Database:
         """The Database this binding applies to (resolved from the configured default when none was given)."""
         if self._database is None:
-            self._database = resolve_database(self._given, what="bound_to_transaction()")
+            self._database = resolve_database(self._given, label="bound_to_transaction()")
         return self._database
 
     # -- sync ---------------------------------------------------------------------------------
 
     def __enter__(self) -> Connection:
         database = self.database
-        engine: Engine = _engine_for(database, is_async=False, what="bound_to_transaction(...)")
+        engine: Engine = _engine_for(database, is_async=False, label="bound_to_transaction(...)")
         connection = engine.connect()
         try:
             self._sqlite = _begin_outer_sync(connection)
@@ -316,7 +316,7 @@ class bound_to_transaction:
 
     async def __aenter__(self) -> AsyncConnection:
         database = self.database
-        engine: AsyncEngine = _engine_for(database, is_async=True, what="bound_to_transaction(...)")
+        engine: AsyncEngine = _engine_for(database, is_async=True, label="bound_to_transaction(...)")
         connection = await engine.connect()
         try:
             self._sqlite = await connection.run_sync(_begin_outer_sync)

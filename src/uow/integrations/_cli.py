@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typing_extensions import ParamSpec
 
-from uow._database import Database, _engines_of, get_default_database
+from uow._database import Database, engines_of, get_default_database
 
 __all__ = ["run_async"]
 
@@ -60,6 +60,6 @@ async def _release_pools(database: Database | None) -> None:
     # closes that loop on return: SQLAlchemy's advice is to dispose the engine before it does.
     if database is None or not database.is_async:
         return
-    for engine in _engines_of(database):
+    for engine in engines_of(database):
         if isinstance(engine, AsyncEngine):
             await engine.dispose()

@@ -118,7 +118,7 @@ class UnitOfWork:
             )
         if alchemy is None and "advanced_alchemy" in current_app.extensions:
             raise ConfigurationError(UNLINKED)  # advanced-alchemy was initialised on the app after uow
-        database = resolve_database(self.database, what="UnitOfWork (Flask)")
+        database = resolve_database(self.database, label="UnitOfWork (Flask)")
         if database.is_async:
             raise ConfigurationError(_ASYNC_DATABASE)
         return RequestUnit(database)

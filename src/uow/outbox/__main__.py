@@ -36,19 +36,19 @@ class _NoDelivery:
         raise ConfigurationError("this command does not deliver messages")
 
 
-def _resolve(spec: str, what: str) -> Any:
+def _resolve(spec: str, label: str) -> Any:
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
-        raise ConfigurationError(f"{what} {spec!r}: write it as 'package.module:name'")
+        raise ConfigurationError(f"{label} {spec!r}: write it as 'package.module:name'")
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as error:
-        raise ConfigurationError(f"{what} {spec!r}: cannot import {module_name!r} ({error})") from None
+        raise ConfigurationError(f"{label} {spec!r}: cannot import {module_name!r} ({error})") from None
     for part in attribute.split("."):
         try:
             target = getattr(target, part)
         except AttributeError:
-            raise ConfigurationError(f"{what} {spec!r}: {module_name!r} has no {attribute!r}") from None
+            raise ConfigurationError(f"{label} {spec!r}: {module_name!r} has no {attribute!r}") from None
     return target
 
 
