@@ -18,9 +18,10 @@ import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Generator
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
 from sqlalchemy.exc import DBAPIError
+from typing_extensions import Unpack
 
 from uow._retry import describe_error
 
@@ -35,6 +36,7 @@ __all__ = [
     "UNKNOWN",
     "Observer",
     "Sink",
+    "UnitFacts",
     "UnitRecord",
     "install",
     "observer",
@@ -65,6 +67,16 @@ class Sink(Protocol):
 
     def unit_finished(self, unit: UnitRecord, state: object) -> None:
         """The unit is over; its outcome, error and timings are set."""
+
+
+class UnitFacts(TypedDict):
+    """What is fixed about an owning unit when it begins: the keywords of `Observer.unit_began` and `.retrying`."""
+
+    function: str
+    database: Database | None
+    propagation: str
+    read_only: bool
+    isolation_level: str | None
 
 
 class UnitRecord:
@@ -232,51 +244,20 @@ class Observer:
     def __init__(self, sinks: tuple[Sink, ...]) -> None:
         self.sinks = sinks
 
-    def unit_began(
-        self,
-        *,
-        function: str,
-        database: Database | None,
-        propagation: str,
-        read_only: bool,
-        isolation_level: str | None,
-    ) -> UnitRecord:
+    def unit_began(self, **facts: Unpack[UnitFacts]) -> UnitRecord:
         """The record of an owning unit that is beginning: its retry loop's, else a new one."""
         loop = _retry_loop.get()
-        if loop is not None and not loop.attempting and loop.function == function:
+        if loop is not None and not loop.attempting and loop.function == facts["function"]:
             loop.attempting = True
             if loop.database is None:
-                loop.database = database
+                loop.database = facts["database"]
             return loop
-        return UnitRecord(
-            self.sinks,
-            function=function,
-            database=database,
-            propagation=propagation,
-            read_only=read_only,
-            isolation_level=isolation_level,
-        )
+        return UnitRecord(self.sinks, **facts)
 
     @contextlib.contextmanager
-    def retrying(
-        self,
-        *,
-        function: str,
-        database: Database | None,
-        propagation: str,
-        read_only: bool,
-        isolation_level: str | None,
-    ) -> Generator[None, None, None]:
+    def retrying(self, **facts: Unpack[UnitFacts]) -> Generator[None, None, None]:
         """Around a retry loop: one record for all its attempts, finished when the loop is over."""
-        record = UnitRecord(
-            self.sinks,
-            function=function,
-            database=database,
-            propagation=propagation,
-            read_only=read_only,
-            isolation_level=isolation_level,
-            retrying=True,
-        )
+        record = UnitRecord(self.sinks, retrying=True, **facts)
         token = _retry_loop.set(record)
         try:
             yield

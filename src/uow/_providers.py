@@ -637,16 +637,25 @@ async def _build_replacement_async(replacement: Any, session: Any, closers: list
 
 def close_sync(closers: list[Any], exc: BaseException | None) -> None:
     """Finish provider generators, last opened first: run to the end, or throw the unit's error into them."""
-    error: BaseException | None = None
+    failures: list[BaseException] = []
     for generator in reversed(closers):
         try:
             _finish_generator(generator, exc)
         except BaseException as failure:
-            if failure is not exc and error is None:
-                error = failure
+            failures.append(failure)
+    _closed(closers, failures, exc)
+
+
+def _closed(closers: list[Any], failures: list[BaseException], exc: BaseException | None) -> None:
+    """After finishing every generator: forget them, and raise the first failure that is not `exc`.
+
+    A generator re-raising the unit's own error `exc` thrown into it is not a failure of its own:
+    that error goes on as it is.
+    """
     closers.clear()
-    if error is not None:
-        raise error
+    for failure in failures:
+        if failure is not exc:
+            raise failure
 
 
 def _finish_generator(generator: Iterator[Any], exc: BaseException | None) -> None:
@@ -664,7 +673,7 @@ def _finish_generator(generator: Iterator[Any], exc: BaseException | None) -> No
 
 async def close_async(closers: list[Any], exc: BaseException | None) -> None:
     """Finish provider generators (sync and async), last opened first."""
-    error: BaseException | None = None
+    failures: list[BaseException] = []
     for generator in reversed(closers):
         try:
             if isinstance(generator, AsyncGenerator):
@@ -672,11 +681,8 @@ async def close_async(closers: list[Any], exc: BaseException | None) -> None:
             else:
                 _finish_generator(generator, exc)
         except BaseException as failure:
-            if failure is not exc and error is None:
-                error = failure
-    closers.clear()
-    if error is not None:
-        raise error
+            failures.append(failure)
+    _closed(closers, failures, exc)
 
 
 async def _finish_async_generator(generator: AsyncGenerator[Any, None], exc: BaseException | None) -> None:

@@ -1,7 +1,7 @@
 """The pytest side of `uow.testing`: fixtures, the ``uow_commit`` marker and the ``uow_database`` ini option.
 
 Nothing here runs unless a test asks for one of the ``uow_*`` fixtures, so projects that
-install uow without using them see no change.
+install uow without using them see no change. `uow.testing` imports them (its ``__all__`` lists them).
 """
 
 from __future__ import annotations
@@ -23,17 +23,6 @@ from uow._testing import (
     left_open_error,
 )
 from uow._unit import Frame, forget_frames_above, innermost_frame
-
-__all__ = [
-    "pytest_addoption",
-    "pytest_configure",
-    "uow_async_transaction",
-    "uow_captured_hooks",
-    "uow_database",
-    "uow_outbox_messages",
-    "uow_override",
-    "uow_transaction",
-]
 
 COMMIT_MARKER = "uow_commit"
 DATABASE_OPTION = "uow_database"

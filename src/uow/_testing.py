@@ -5,6 +5,10 @@ Database's session factories at that connection with ``join_transaction_mode="cr
 (SQLAlchemy's recipe "Joining a Session into an External Transaction"). Every session a unit
 makes while the binding is active therefore commits into a savepoint of the outer transaction,
 and rolling that back at the end undoes everything the code under test wrote.
+
+`capture_on_commit` hands the hooks due after units end to a `CapturedHooks` list instead of
+running them. `uow.testing` names what of this module is public (its ``__all__`` is the one list);
+`frames_left_open` and `left_open_error` are shared with the fixtures of `uow._pytest_plugin`.
 """
 
 from __future__ import annotations
@@ -36,15 +40,6 @@ from uow._unit import (
     stop_capturing_hooks,
 )
 from uow.errors import ConfigurationError, UowError
-
-__all__ = [
-    "CapturedCompletion",
-    "CapturedHooks",
-    "HookList",
-    "UnitLeftOpenError",
-    "bound_to_transaction",
-    "capture_on_commit",
-]
 
 logger = logging.getLogger("uow")
 
