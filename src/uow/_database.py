@@ -1,4 +1,11 @@
-"""`Database`: where a unit's sessions come from, and `configure()`: the process default."""
+"""`Database`: where a unit's sessions come from, and `configure()`: the process default.
+
+Also what belongs to a Database's engines and factories: ``ping`` (health checks, retried once on a
+connection the server dropped), the SQLite recipe that makes savepoints work, the savepoint-end
+notes nested units read (`track_savepoint_ends`, `savepoint_end`), dropping a parent's pooled
+connections in a forked child, `resolve_database` (the given one, else the default) and
+`swap_session_factories` (uow.testing binding a test's units to one connection).
+"""
 
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ __all__ = [
     "get_default_database",
     "resolve_database",
     "savepoint_end",
+    "swap_session_factories",
     "track_savepoint_ends",
 ]
 
@@ -247,6 +255,36 @@ class Database:
                 f"got {type(factory).__name__}"
             )
         return factory
+
+
+class SwappedFactories:
+    """What `swap_session_factories` replaced on a Database; `restore()` puts it back."""
+
+    __slots__ = ("database", "replica_cycle", "replica_factories", "session_factory")
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self.session_factory = database.session_factory
+        self.replica_factories = database.replica_factories
+        self.replica_cycle = database._replica_cycle
+
+    def restore(self) -> None:
+        database = self.database
+        database.session_factory = self.session_factory
+        database.replica_factories = self.replica_factories
+        database._replica_cycle = self.replica_cycle
+
+
+def swap_session_factories(database: Database, factory: AnySessionFactory) -> SwappedFactories:
+    """Until the returned `SwappedFactories` is restored, every unit on `database` takes its session from `factory`.
+
+    Read-only units too: the replicas are set aside (uow.testing binds a test's units to one connection).
+    """
+    saved = SwappedFactories(database)
+    database.session_factory = factory
+    database.replica_factories = []
+    database._replica_cycle = None
+    return saved
 
 
 def _ping_timeout(value: object, *, label: str) -> float:

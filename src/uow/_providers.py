@@ -1,7 +1,9 @@
 """Turning what was passed to `with_services` (classes or provider callables) into instances.
 
 Everything that needs `inspect` happens in `plan_service`, once, at decoration time;
-`build_sync` / `build_async` only call what the plan says.
+`build_sync` / `build_async` only call what the plan says, `close_sync` / `close_async` finish
+the provider generators when the unit ends. `override` (and `apply_override` / `undo_overrides`
+under it, for the ``uow_override`` fixture) swaps a service for a replacement in this context.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""`Retry` policies and `is_transient`: which failures are worth running a whole unit again for."""
+"""`Retry` policies and `is_transient`: which failures are worth running a whole unit again for.
+
+Also how failures are named without their text: `describe_error` (for logs and spans) and
+`sqlstate` (the SQLSTATE of a PostgreSQL driver's error).
+"""
 
 from __future__ import annotations
 

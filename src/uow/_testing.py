@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
-from uow._database import AnySessionFactory, Database, resolve_database
+from uow._database import AnySessionFactory, Database, SwappedFactories, resolve_database, swap_session_factories
 from uow._unit import (
     AFTER_COMMIT,
     AFTER_ROLLBACK,
@@ -77,23 +77,6 @@ class _TrackingAsyncSessionmaker(async_sessionmaker[AsyncSession]):
         return session
 
 
-class _SavedFactories:
-    """What the binding replaced on the Database, put back when it ends."""
-
-    __slots__ = ("replica_cycle", "replica_factories", "session_factory")
-
-    def __init__(self, database: Database) -> None:
-        self.session_factory = database.session_factory
-        self.replica_factories = database.replica_factories
-        self.replica_cycle: Any = database._replica_cycle
-
-    def restore(self, database: Database) -> None:
-        database.session_factory = self.session_factory
-        database.replica_factories = self.replica_factories
-        database._replica_cycle = self.replica_cycle
-        _bound.discard(database)
-
-
 class _FixedIsolation:
     """Session mixin: a unit's ``isolation_level`` is not applied, since the outer transaction's level is fixed.
 
@@ -123,14 +106,16 @@ def _factory_options(factory: AnySessionFactory) -> dict[str, Any]:
     return options
 
 
-def _swap_in(database: Database, factory: AnySessionFactory) -> _SavedFactories:
-    saved = _SavedFactories(database)
-    database.session_factory = factory
-    # Read-only units would go to a replica, which cannot see the test's uncommitted rows: keep them here.
-    database.replica_factories = []
-    database._replica_cycle = None
+def _swap_in(database: Database, factory: AnySessionFactory) -> SwappedFactories:
+    # No replicas either: a read-only unit on one would not see the test's uncommitted rows.
+    saved = swap_session_factories(database, factory)
     _bound.add(database)
     return saved
+
+
+def _swap_out(database: Database, saved: SwappedFactories) -> None:
+    saved.restore()
+    _bound.discard(database)
 
 
 def _engine_for(database: Database, *, is_async: bool, label: str) -> Any:
@@ -259,7 +244,7 @@ class bound_to_transaction:
     def __init__(self, database: Database | None = None) -> None:
         self._given = database
         self._database: Database | None = None
-        self._saved: _SavedFactories | None = None
+        self._saved: SwappedFactories | None = None
         self._connection: Any = None
         self._sqlite: _SqliteState | None = None
         self._factory: Any = None
@@ -300,7 +285,7 @@ class bound_to_transaction:
             for session in sessions:
                 _close_quietly_sync(session)
         finally:
-            self._saved.restore(database)
+            _swap_out(database, self._saved)
             try:
                 _end_outer_sync(connection, self._sqlite)
             finally:
@@ -335,7 +320,7 @@ class bound_to_transaction:
             for session in sessions:
                 await _close_quietly_async(session)
         finally:
-            self._saved.restore(database)
+            _swap_out(database, self._saved)
             try:
                 state = self._sqlite
                 await connection.run_sync(lambda sync: _end_outer_sync(sync, state))
