@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COMMITTED",
-    "OUTCOMES",
     "READ_ONLY",
     "ROLLED_BACK",
     "UNKNOWN",
@@ -53,7 +52,6 @@ READ_ONLY = "read_only"
 """A ``read_only=True`` unit ended without an error (it rolls back by design: nothing to commit)."""
 UNKNOWN = "unknown"
 """COMMIT was sent but the connection was lost before its answer: the database may or may not have it."""
-OUTCOMES = (COMMITTED, ROLLED_BACK, READ_ONLY, UNKNOWN)
 
 
 class Sink(Protocol):
