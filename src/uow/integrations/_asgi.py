@@ -27,7 +27,7 @@ from uow.integrations._request import SCOPE_KEY, ErrorResponse, NoResponse, Requ
 __all__ = ["ASGIApp", "UnitOfWorkMiddleware"]
 
 logger = logging.getLogger("uow")
-_WHAT = "UnitOfWorkMiddleware"
+_LABEL = "UnitOfWorkMiddleware"
 
 # Loose on purpose: Starlette spells these as MutableMapping, Litestar as unions of TypedDicts, and
 # the middleware must type-check as a middleware of both.
@@ -81,7 +81,7 @@ class UnitOfWorkMiddleware:
 
     def _unit(self, scope: Scope) -> RequestUnit:
         if self.request_session is None:
-            return RequestUnit(resolve_database(self.database, what=_WHAT))
+            return RequestUnit(resolve_database(self.database, what=_LABEL))
         return adopted_unit(self.database, self.request_session(scope), plugin=self.plugin_name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -95,7 +95,7 @@ class UnitOfWorkMiddleware:
             self._check_once(scope)
         if self.request_session is None:  # `self._unit(scope)`, inline for the common case
             database = self.database
-            unit = RequestUnit(database if database is not None else resolve_database(None, what=_WHAT))
+            unit = RequestUnit(database if database is not None else resolve_database(None, what=_LABEL))
         else:
             unit = self._unit(scope)
         scope[SCOPE_KEY] = unit
