@@ -84,9 +84,9 @@ class UnitRun:
     """One entered unit and how it ends: finish the providers (generator services), then exit the unit.
 
     The general path of `with_services` makes one per attempt, ``with unit_of_work()`` one per
-    block; a `ServicesContext` (`provide_services`) is one. The decisions are pure: `settle`
-    (which error the unit ends with, and which one the caller gets instead of its own) and
-    `provider_error_wins`; `leave_*` / `end_*` are the sync and async shells around them.
+    block; a `ServicesContext` (`provide_services`) is one. The decisions are pure functions:
+    `settle` (which error the unit ends with, and which one the caller gets instead of its own)
+    and `kept_over`; `leave_*` / `end_*` are the sync and async shells around them.
     """
 
     __slots__ = ("closers", "deadline", "spec", "unit")
@@ -96,20 +96,6 @@ class UnitRun:
         self.unit = unit
         self.deadline = deadline
         self.closers: list[Any] = []  # the provider generators to finish, in the order they were opened
-
-    def settle(self, exc: BaseException | None) -> tuple[BaseException | None, BaseException | None]:
-        """Disarm the deadline; then (the error the unit ends with, the error raised instead of `exc`).
-
-        The unit ends with `exc`; with the `UnitTimeoutError` the deadline makes of it, which the
-        caller gets too; with nothing (it commits) when `exc` matches ``commit_on=``, though
-        `exc` still propagates.
-        """
-        ending = self.disarm(exc)
-        if ending is not exc:
-            return ending, ending
-        if exc is not None and self.spec.commits(exc):
-            return None, None
-        return exc, None
 
     def disarm(self, exc: BaseException | None) -> BaseException | None:
         """Disarm the deadline, if any: `exc`, or the `UnitTimeoutError` the unit ends with instead."""
@@ -129,13 +115,16 @@ class UnitRun:
             assert unit is not None
             exit_sync(unit, None)
             return None
-        failure, replacement = self.settle(exc)
+        failure, replacement = settle(self.spec, exc, self.disarm(exc))
         self.end_sync(failure)
         return replacement
 
     async def leave_async(self, exc: BaseException | None) -> BaseException | None:
         """End the unit after its body returned (`exc` None) or raised `exc`: the error to raise instead, or None."""
-        failure, replacement = (None, None) if exc is None and self.deadline is None else self.settle(exc)
+        if exc is None and self.deadline is None:
+            failure = replacement = None
+        else:
+            failure, replacement = settle(self.spec, exc, self.disarm(exc))
         await self.end_async(failure)
         return replacement
 
@@ -146,9 +135,11 @@ class UnitRun:
             try:
                 close_sync(self.closers, failure)
             except BaseException as close_error:
-                if provider_error_wins(failure, close_error):
+                primary = kept_over(failure, close_error)
+                if primary is None:
                     exit_sync(unit, close_error)
                     raise
+                _note_secondary(primary, "finishing a provider", close_error)
         exit_sync(unit, failure)
 
     async def end_async(self, failure: BaseException | None) -> None:
@@ -158,21 +149,38 @@ class UnitRun:
             try:
                 await close_async(self.closers, failure)
             except BaseException as close_error:
-                if provider_error_wins(failure, close_error):
+                primary = kept_over(failure, close_error)
+                if primary is None:
                     await exit_async(unit, close_error)
                     raise
+                _note_secondary(primary, "finishing a provider", close_error)
         await exit_async(unit, failure)
 
 
-def provider_error_wins(failure: BaseException | None, close_error: BaseException) -> bool:
-    """Whether an error finishing a provider replaces the unit's `failure`: with no failure, or as an interrupt.
+def settle(
+    spec: UnitSpec, exc: BaseException | None, ending: BaseException | None
+) -> tuple[BaseException | None, BaseException | None]:
+    """How a unit ends after its body returned (`exc` None) or raised `exc`, `ending` being what its
+    deadline made of that (`exc` itself, or a `UnitTimeoutError`): (the error the unit ends with,
+    the error the caller gets instead of `exc`).
 
-    Otherwise `failure` stays the error the unit ends with and the caller sees, `close_error` noted on it.
+    A timeout ends the unit and reaches the caller; an `exc` matching ``commit_on=`` ends it with
+    nothing (it commits) and still propagates; any other `exc` ends it and propagates.
     """
-    if failure is None or _is_interrupt(close_error):
-        return True
-    _note_secondary(failure, "finishing a provider", close_error)
-    return False
+    if ending is not exc:
+        return ending, ending
+    if exc is not None and spec.commits(exc):
+        return None, None
+    return exc, None
+
+
+def kept_over(failure: BaseException | None, close_error: BaseException) -> BaseException | None:
+    """Which error wins when finishing a provider raised `close_error` while the unit ends with `failure`.
+
+    `failure`, when there is one and `close_error` is no interrupt: it stays the error the unit ends
+    with and the caller sees, `close_error` noted on it. None: `close_error` ends the unit and propagates.
+    """
+    return None if failure is None or _is_interrupt(close_error) else failure
 
 
 # -- the general path -------------------------------------------------------------------------

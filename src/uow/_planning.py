@@ -45,7 +45,6 @@ from uow._unit import Propagation, UnitSpec, _resolve_database
 from uow.errors import ConfigurationError, InjectionError
 
 __all__ = [
-    "FRAMEWORK_CONNECTION_NAMES",
     "PLAN_ATTRIBUTE",
     "FunctionPlan",
     "check_late_session_classes",

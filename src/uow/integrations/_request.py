@@ -1,6 +1,6 @@
 """What the web integrations share beside the request unit itself; imports no framework.
 
-The request unit (`RequestUnit`, `SCOPE_KEY`, `adopted_unit`, `request_unit`) lives in core,
+The request unit (`RequestUnit`, `SCOPE_KEY`, `adopted_unit`, `require_request_unit`) lives in core,
 `uow._request_unit`, re-exported here for the integrations. This module holds what faces the
 frameworks: why a unit rolled back without an exception (`ErrorResponse`, `NoResponse`), the
 service a framework dependency yields (`request_service`, `DependencyCache`, `dependency_name`),
@@ -21,7 +21,6 @@ from uow._request_unit import (
     RequestUnit,
     adopted_unit,
     kind_mismatch,
-    request_unit,
     require_request_unit,
 )
 from uow.errors import ConfigurationError
@@ -36,7 +35,6 @@ __all__ = [
     "alchemy_kind_error",
     "dependency_name",
     "request_service",
-    "request_unit",
     "require_request_unit",
 ]
 
