@@ -24,7 +24,7 @@ DOCSTRING = '''\
 """What type checkers see of `with_services` and `unit_of_work`: the decorators and the decorated functions.
 
 Nothing here runs: at run time `with_services` returns a `_ServicesDecorator` and the decorated
-function is a plain function (see `uow._inject.wrap`). These classes only teach mypy and pyright
+function is a plain function (see `uow._calling.wrap`). These classes only teach mypy and pyright
 the shapes (docs/typing.md has the table of layouts).
 
 PEP 612 can strip only leading positional parameters, so each layout the checkers can follow is

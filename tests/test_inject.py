@@ -506,7 +506,7 @@ def test_a_call_does_no_inspect_work(sqlite_db: uow.Database, monkeypatch: pytes
     for name in ("signature", "getfullargspec", "get_annotations", "iscoroutinefunction", "isgeneratorfunction"):
         monkeypatch.setattr(inspect, name, refuse)
     monkeypatch.setattr(typing, "get_type_hints", refuse)
-    for module in ("uow._inject", "uow._providers", "uow._decorators"):
+    for module in ("uow._planning", "uow._calling", "uow._providers", "uow._decorators"):
         monkeypatch.setattr(f"{module}.inspect", Exploding(), raising=False)
     assert h(1) == 1
     assert h(2, users=UserService(None)) == 2  # type: ignore[arg-type]

@@ -16,33 +16,21 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 from typing_extensions import ParamSpec
 
+from uow._calling import BOTH_SESSION_AND_CONNECTION, UnitRun, decorate
 from uow._database import Database
-from uow._inject import BOTH_SESSION_AND_CONNECTION, NO_SERVICES, decorate, resolve_connection
 from uow._providers import (
     ServicePlan,
     build_async,
     build_sync,
-    close_async,
-    close_sync,
     current_overrides,
     direct_builder,
     plan_service,
     single_positional,
 )
+from uow._request_unit import resolve_connection
 from uow._retry import Retry
-from uow._timeout import Deadline, begin_deadline, parse_timeout
-from uow._unit import (
-    ActiveUnit,
-    ExceptionClasses,
-    Propagation,
-    UnitSpec,
-    _is_interrupt,
-    _note_secondary,
-    enter_async,
-    enter_sync,
-    exit_async,
-    exit_sync,
-)
+from uow._timeout import begin_deadline, parse_timeout
+from uow._unit import ExceptionClasses, Propagation, UnitSpec, enter_async, enter_sync
 from uow.errors import ConfigurationError, InjectionError
 
 if TYPE_CHECKING:  # typing only: the decorated functions are plain functions at run time
@@ -78,6 +66,8 @@ ServiceSpec = Union[type[T], Callable[..., AsyncIterator[T]], Callable[..., Iter
 """A service class, or a provider taking the session and returning/yielding the service."""
 
 PropagationArg = Union[Propagation, str]
+
+NO_SERVICES = "At least one service provider is required"
 
 
 @overload
@@ -395,58 +385,49 @@ class UnitOfWork:
         spec = self._spec
         unit, session = enter_sync(spec)
         deadline = begin_deadline(spec, unit, session, is_async=False) if spec.timeout is not None else None
-        _push_entered(self, unit, deadline)
+        _push_entered(self, UnitRun(spec, unit, deadline))
         return session
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        unit, deadline = _pop_entered(self)
-        ending = exc if deadline is None else deadline.leave(exc)
-        # commit_on=: the unit commits and the exception still propagates; never for a timed-out unit.
-        exit_sync(
-            unit, None if ending is None or (exc is not None and ending is exc and self._spec.commits(exc)) else ending
-        )
-        if ending is not None and ending is not exc:
-            raise ending from exc
+        replacement = _pop_entered(self).leave_sync(exc)
+        if replacement is not None:
+            raise replacement from exc
 
     async def __aenter__(self) -> Any:
         self._refuse_retry()
         spec = self._spec
         unit, session = await enter_async(spec)
         deadline = begin_deadline(spec, unit, session, is_async=True) if spec.timeout is not None else None
-        _push_entered(self, unit, deadline)
+        _push_entered(self, UnitRun(spec, unit, deadline))
         return session
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        unit, deadline = _pop_entered(self)
-        ending = exc if deadline is None else deadline.leave(exc)
-        # commit_on=: the unit commits and the exception still propagates; never for a timed-out unit.
-        await exit_async(
-            unit, None if ending is None or (exc is not None and ending is exc and self._spec.commits(exc)) else ending
-        )
-        if ending is not None and ending is not exc:
-            raise ending from exc
+        replacement = await _pop_entered(self).leave_async(exc)
+        if replacement is not None:
+            raise replacement from exc
 
 
 # The units entered through `with`/`async with`, per context: one UnitOfWork object (made once at
 # module level, say) may be entered by many tasks or threads at the same time.
-_Entered = tuple[UnitOfWork, ActiveUnit, Union[Deadline, None]]
-_entered: contextvars.ContextVar[tuple[_Entered, ...]] = contextvars.ContextVar("uow_entered_units", default=())
+_entered: contextvars.ContextVar[tuple[tuple[UnitOfWork, UnitRun], ...]] = contextvars.ContextVar(
+    "uow_entered_units", default=()
+)
 
 
-def _push_entered(owner: UnitOfWork, unit: ActiveUnit, deadline: Deadline | None) -> None:
-    _entered.set((*_entered.get(), (owner, unit, deadline)))
+def _push_entered(owner: UnitOfWork, run: UnitRun) -> None:
+    _entered.set((*_entered.get(), (owner, run)))
 
 
-def _pop_entered(owner: UnitOfWork) -> tuple[ActiveUnit, Deadline | None]:
+def _pop_entered(owner: UnitOfWork) -> UnitRun:
     stack = _entered.get()
     for index in range(len(stack) - 1, -1, -1):
         if stack[index][0] is owner:
             _entered.set(stack[:index] + stack[index + 1 :])
-            return stack[index][1], stack[index][2]
+            return stack[index][1]
     raise RuntimeError("unit_of_work(): __exit__ without a matching __enter__ in this task or thread")
 
 
@@ -483,31 +464,32 @@ def unit_of_work(
 class _Prepared:
     """What `provide_services` works out once per tuple of services (cached by `_prepared_for`)."""
 
-    __slots__ = ("async_only", "direct", "plans", "what")
+    __slots__ = ("async_only", "build_on_session", "label", "plans", "sole_service")
 
     def __init__(self, services: tuple[Any, ...]) -> None:
         self.plans = tuple(plan_service(service, for_async=True, owner="provide_services()") for service in services)
-        self.what = "provide_services(" + ", ".join(p.label for p in self.plans) + ")"
+        self.label = "provide_services(" + ", ".join(p.label for p in self.plans) + ")"
         # The first provider that needs 'async with', for the error a plain 'with' gets.
         self.async_only = next((p.label for p in self.plans if p.is_async_only), None)
-        self.direct = _direct_tuple(self.plans)
+        targets = [(str(index), plan) for index, plan in enumerate(self.plans)]
+        self.build_on_session = _direct_tuple(self.plans, targets)
+        # The commonest case, built inline by `__enter__`: the class of the one service, taking the session first.
+        single = single_positional(targets, ()) if self.build_on_session is not None else None
+        self.sole_service = single[1] if single is not None else None
 
 
-def _direct_tuple(plans: tuple[ServicePlan, ...]) -> Callable[[Any], tuple[Any, ...]] | None:
+def _direct_tuple(
+    plans: tuple[ServicePlan, ...], targets: list[tuple[str, ServicePlan]]
+) -> Callable[[Any], tuple[Any, ...]] | None:
     """For services that are all distinct classes built from the session alone: a function from the
     session to the services, as `build_sync`/`build_async` would build them outside an `override`
     block (no cache to share, no generator to finish, nothing to await); None for any other services."""
     keys = [p.service_type if p.service_type is not None else p.provider for p in plans]
     if len(set(keys)) != len(keys):
         return None  # one class listed twice: the general path builds it once and hands it out twice
-    targets = [(str(index), plan) for index, plan in enumerate(plans)]
     build = direct_builder(targets, ())
     if build is None:
         return None
-    single = single_positional(targets, ())
-    if single is not None:
-        cls = single[1]
-        return lambda session: (cls(session),)
     return lambda session: tuple(build(session).values())
 
 
@@ -516,10 +498,13 @@ def _prepared_for(services: tuple[Any, ...]) -> _Prepared:
     return _Prepared(services)
 
 
-class ServicesContext(Generic[T]):
-    """What `provide_services` returns: use it with ``with`` (sync Database) or ``async with`` (async Database)."""
+class ServicesContext(UnitRun, Generic[T]):
+    """What `provide_services` returns: use it with ``with`` (sync Database) or ``async with`` (async Database).
 
-    __slots__ = ("_closers", "_connection", "_deadline", "_prepared", "_session", "_spec", "_unit")
+    It is the `UnitRun` of the unit it enters: leaving the block finishes the providers, then exits the unit.
+    """
+
+    __slots__ = ("_connection", "_prepared", "_session")
 
     def __init__(
         self,
@@ -544,137 +529,82 @@ class ServicesContext(Generic[T]):
             self._prepared = _Prepared(services)
         self._session = session
         self._connection = connection
-        self._spec = UnitSpec(
-            database=database,
-            propagation=propagation,
-            read_only=read_only,
-            isolation_level=isolation_level,
-            what=self._prepared.what,
-            timeout=None if timeout is None else parse_timeout(timeout, what=self._prepared.what),
-            **events,
+        label = self._prepared.label
+        UnitRun.__init__(
+            self,
+            UnitSpec(
+                database=database,
+                propagation=propagation,
+                read_only=read_only,
+                isolation_level=isolation_level,
+                what=label,
+                timeout=None if timeout is None else parse_timeout(timeout, what=label),
+                **events,
+            ),
         )
-        self._unit: ActiveUnit | None = None
-        self._deadline: Deadline | None = None
-        self._closers: list[Any] = []
 
     def _request_tx(self) -> Any:
         if self._connection is None:
             return None
-        return resolve_connection(self._connection, what=self._spec.what)
+        return resolve_connection(self._connection, label=self.spec.what)
 
     def __enter__(self) -> T:
-        prepared = self._prepared
+        prepared, spec = self._prepared, self.spec
         if prepared.async_only is not None:
             raise InjectionError(
-                f"{self._spec.what}: provider {prepared.async_only} is async; use 'async with provide_services(...)'"
+                f"{spec.what}: provider {prepared.async_only} is async; use 'async with provide_services(...)'"
             )
         if self._session is None and self._connection is None:
-            unit, session = enter_sync(self._spec)
+            unit, session = enter_sync(spec)
         else:
-            unit, session = enter_sync(self._spec, session=self._session, request_tx=self._request_tx())
-        self._unit = unit
-        if self._spec.timeout is not None:
-            self._deadline = begin_deadline(self._spec, unit, session, is_async=False)
-        direct = prepared.direct
+            unit, session = enter_sync(spec, session=self._session, request_tx=self._request_tx())
+        self.unit = unit
+        if spec.timeout is not None:
+            self.deadline = begin_deadline(spec, unit, session, is_async=False)
+        build, sole = prepared.build_on_session, prepared.sole_service
         try:
-            if direct is not None and current_overrides() is None:
-                return direct(session)  # type: ignore[return-value]
-            services = build_sync(prepared.plans, session, {}, self._closers)
+            if build is not None and current_overrides() is None:
+                return (sole(session),) if sole is not None else build(session)  # type: ignore[return-value]
+            services = build_sync(prepared.plans, session, {}, self.closers)
         except BaseException as exc:
-            self._leave(exc)
-            self._fail_sync(exc)
+            self.disarm(exc)
+            self.end_sync(exc)
             raise
         return tuple(services)  # type: ignore[return-value]
-
-    def _leave(self, exc: BaseException | None) -> BaseException | None:
-        """Disarm the deadline, if any: `exc`, or the `UnitTimeoutError` the block ends with instead."""
-        deadline, self._deadline = self._deadline, None
-        return exc if deadline is None else deadline.leave(exc)
-
-    def _fail_sync(self, exc: BaseException) -> None:
-        unit, self._unit = self._unit, None
-        assert unit is not None
-        try:
-            close_sync(self._closers, exc)
-        except BaseException as close_error:
-            # The block's exception stays the one the caller sees, unless this is an interrupt.
-            if _is_interrupt(close_error):
-                exit_sync(unit, close_error)
-                raise
-            _note_secondary(exc, "finishing a provider", close_error)
-        exit_sync(unit, exc)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        ending = self._leave(exc)
-        # commit_on=: the unit commits and the exception still propagates; never for a timed-out block.
-        if ending is not None and not (exc is not None and ending is exc and self._spec.commits(exc)):
-            self._fail_sync(ending)
-            if ending is not exc:
-                raise ending from exc
-            return
-        unit, self._unit = self._unit, None
-        assert unit is not None
-        if self._closers:
-            try:
-                close_sync(self._closers, None)
-            except BaseException as failure:
-                exit_sync(unit, failure)
-                raise
-        exit_sync(unit, None)
+        replacement = self.leave_sync(exc)
+        if replacement is not None:
+            raise replacement from exc
 
     async def __aenter__(self) -> T:
+        prepared, spec = self._prepared, self.spec
         if self._session is None and self._connection is None:
-            unit, session = await enter_async(self._spec)
+            unit, session = await enter_async(spec)
         else:
-            unit, session = await enter_async(self._spec, session=self._session, request_tx=self._request_tx())
-        self._unit = unit
-        if self._spec.timeout is not None:
-            self._deadline = begin_deadline(self._spec, unit, session, is_async=True)
-        direct = self._prepared.direct
+            unit, session = await enter_async(spec, session=self._session, request_tx=self._request_tx())
+        self.unit = unit
+        if spec.timeout is not None:
+            self.deadline = begin_deadline(spec, unit, session, is_async=True)
+        build, sole = prepared.build_on_session, prepared.sole_service
         try:
-            if direct is not None and current_overrides() is None:
-                return direct(session)  # type: ignore[return-value]
-            services = await build_async(self._prepared.plans, session, {}, self._closers)
+            if build is not None and current_overrides() is None:
+                return (sole(session),) if sole is not None else build(session)  # type: ignore[return-value]
+            services = await build_async(prepared.plans, session, {}, self.closers)
         except BaseException as exc:
-            self._leave(exc)
-            await self._fail_async(exc)
+            self.disarm(exc)
+            await self.end_async(exc)
             raise
         return tuple(services)  # type: ignore[return-value]
-
-    async def _fail_async(self, exc: BaseException) -> None:
-        unit, self._unit = self._unit, None
-        assert unit is not None
-        try:
-            await close_async(self._closers, exc)
-        except BaseException as close_error:
-            # The block's exception stays the one the caller sees, unless this is an interrupt.
-            if _is_interrupt(close_error):
-                await exit_async(unit, close_error)
-                raise
-            _note_secondary(exc, "finishing a provider", close_error)
-        await exit_async(unit, exc)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        ending = self._leave(exc)
-        # commit_on=: the unit commits and the exception still propagates; never for a timed-out block.
-        if ending is not None and not (exc is not None and ending is exc and self._spec.commits(exc)):
-            await self._fail_async(ending)
-            if ending is not exc:
-                raise ending from exc
-            return
-        unit, self._unit = self._unit, None
-        assert unit is not None
-        if self._closers:
-            try:
-                await close_async(self._closers, None)
-            except BaseException as failure:
-                await exit_async(unit, failure)
-                raise
-        await exit_async(unit, None)
+        replacement = await self.leave_async(exc)
+        if replacement is not None:
+            raise replacement from exc
 
 
 @overload

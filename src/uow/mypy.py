@@ -9,7 +9,7 @@ rules would give up and infer ``Any``.
 The decorated function is the original minus its injected parameters (the services, and a
 ``Session``/``AsyncSession`` parameter), plus the keywords a caller may pass: ``session=``,
 ``connection=`` and each service under its parameter name (the way tests pass fakes). The plugin
-mirrors the matching `uow._inject` does at run time (by annotated type, else by snake-case name);
+mirrors the matching `uow._planning` does at run time (by annotated type, else by snake-case name);
 where it cannot tell, it leaves mypy's own answer alone.
 """
 

@@ -29,7 +29,8 @@ from starlette.testclient import TestClient
 import uow
 from tests.integrations.web import Web
 from tests.models import AsyncItemService, ItemService
-from uow import _inject, _unit
+from uow import _calling as _inject
+from uow import _unit
 from uow.integrations._request import SCOPE_KEY
 from uow.integrations.starlette import UnitOfWorkMiddleware
 

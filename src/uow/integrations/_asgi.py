@@ -27,7 +27,7 @@ from uow.integrations._request import SCOPE_KEY, ErrorResponse, NoResponse, Requ
 __all__ = ["ASGIApp", "UnitOfWorkMiddleware"]
 
 logger = logging.getLogger("uow")
-_WHAT = "UnitOfWorkMiddleware"
+_LABEL = "UnitOfWorkMiddleware"
 
 # Loose on purpose: Starlette spells these as MutableMapping, Litestar as unions of TypedDicts, and
 # the middleware must type-check as a middleware of both.
@@ -79,11 +79,6 @@ class UnitOfWorkMiddleware:
         if error is not None:
             raise error
 
-    def _unit(self, scope: Scope) -> RequestUnit:
-        if self.request_session is None:
-            return RequestUnit(resolve_database(self.database, label=_WHAT))
-        return adopted_unit(self.database, self.request_session(scope), plugin=self.plugin_name)
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind != "http":
@@ -93,11 +88,11 @@ class UnitOfWorkMiddleware:
             return
         if not self._checked:
             self._check_once(scope)
-        if self.request_session is None:  # `self._unit(scope)`, inline for the common case
-            database = self.database
-            unit = RequestUnit(database if database is not None else resolve_database(None, label=_WHAT))
+        if self.request_session is None:
+            database = self.database  # `resolve_database(self.database, ...)`, without the call when it is set
+            unit = RequestUnit(database if database is not None else resolve_database(None, label=_LABEL))
         else:
-            unit = self._unit(scope)
+            unit = adopted_unit(self.database, self.request_session(scope), plugin=self.plugin_name)
         scope[SCOPE_KEY] = unit
 
         replaced = False

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from typing_extensions import ParamSpec
 
 from uow._database import Database, engines_of, get_default_database
+from uow._planning import database_of, plan_of
 
 __all__ = ["run_async"]
 
@@ -50,9 +51,8 @@ async def _run_then_release(fn: Callable[..., Coroutine[Any, Any, R]], args: Any
 
 def _database_of(fn: Callable[..., Any]) -> Database | None:
     """The Database the decorated command opens its units on: the decorator's own, else the configured default."""
-    plan = getattr(fn, "__uow_plan__", None)
-    database = plan.spec.database if plan is not None else None
-    return database if database is not None else get_default_database()
+    plan = plan_of(fn)
+    return database_of(plan) if plan is not None else get_default_database()
 
 
 async def _release_pools(database: Database | None) -> None:

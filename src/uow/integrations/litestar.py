@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
 from uow._database import Database
 from uow._decorators import ServiceSpec
 from uow.errors import ConfigurationError
-from uow.integrations._request import DependencyCache, dependency_name, request_service
+from uow.integrations._request import DependencyCache, alchemy_kind_error, dependency_name, request_service
 from uow.integrations._require import requires
 
 with requires("litestar", "Litestar", "litestar", "anyio"):
@@ -123,13 +123,14 @@ def _alchemy_configs(plugins: Sequence[Any]) -> list[Any]:
 def _check_kind(config: Any, database: Database | None) -> None:
     from advanced_alchemy.config.asyncio import SQLAlchemyAsyncConfig as AsyncConfig
 
-    is_async = isinstance(config, AsyncConfig)
-    if database is not None and database.is_async != is_async:
-        raise ConfigurationError(
-            f"UnitOfWorkPlugin(alchemy=...) links an {'async' if is_async else 'sync'} advanced-alchemy config "
-            f"to the {'async' if database.is_async else 'sync'} {database!r}: give uow a Database on the "
-            "plugin's engine, uow.Database(engine=alchemy_config.get_engine())"
-        )
+    error = alchemy_kind_error(
+        "UnitOfWorkPlugin",
+        isinstance(config, AsyncConfig),
+        database,
+        engine="the plugin's engine, uow.Database(engine=alchemy_config.get_engine())",
+    )
+    if error is not None:
+        raise error
 
 
 def provide_service(factory: ServiceSpec[T], /) -> Provide:

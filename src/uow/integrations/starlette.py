@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from uow._database import Database
 from uow.errors import ConfigurationError
+from uow.integrations._request import alchemy_kind_error
 from uow.integrations._require import requires
 
 # The middleware runs on anyio, which Starlette (and every ASGI framework uow integrates) brings.
@@ -84,13 +85,11 @@ class UnitOfWorkMiddleware(_asgi.UnitOfWorkMiddleware):
 def _kind_error(alchemy: AdvancedAlchemy, key: str | None, database: Database | None) -> ConfigurationError | None:
     from advanced_alchemy.config.asyncio import SQLAlchemyAsyncConfig
 
-    is_async = isinstance(alchemy.get_config(key), SQLAlchemyAsyncConfig)
-    if database is None or database.is_async == is_async:
-        return None
-    return ConfigurationError(
-        f"UnitOfWorkMiddleware(alchemy=...) links an {'async' if is_async else 'sync'} advanced-alchemy config to "
-        f"the {'async' if database.is_async else 'sync'} {database!r}: give uow a Database on the extension's "
-        "engine, uow.Database(engine=alchemy.get_engine())"
+    return alchemy_kind_error(
+        "UnitOfWorkMiddleware",
+        isinstance(alchemy.get_config(key), SQLAlchemyAsyncConfig),
+        database,
+        engine="the extension's engine, uow.Database(engine=alchemy.get_engine())",
     )
 
 
