@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from typing_extensions import ParamSpec
 
 from uow._database import Database
+from uow._failures import is_interrupt, note_secondary
 from uow._inject import BOTH_SESSION_AND_CONNECTION, NO_SERVICES, decorate, resolve_connection
 from uow._providers import (
     ServicePlan,
@@ -30,19 +31,17 @@ from uow._providers import (
     single_positional,
 )
 from uow._retry import Retry
-from uow._timeout import Deadline, begin_deadline, parse_timeout
-from uow._unit import (
+from uow._stack import (
     ActiveUnit,
     ExceptionClasses,
     Propagation,
     UnitSpec,
-    _is_interrupt,
-    _note_secondary,
     enter_async,
     enter_sync,
     exit_async,
     exit_sync,
 )
+from uow._timeout import Deadline, begin_deadline, parse_timeout
 from uow.errors import ConfigurationError, InjectionError
 
 if TYPE_CHECKING:  # typing only: the decorated functions are plain functions at run time
@@ -346,7 +345,7 @@ class UnitOfWork:
             propagation=propagation,
             read_only=read_only,
             isolation_level=isolation_level,
-            what="unit_of_work()",
+            label="unit_of_work()",
             timeout=parse_timeout(timeout, what="unit_of_work()"),
             **events,
         )
@@ -549,7 +548,7 @@ class ServicesContext(Generic[T]):
             propagation=propagation,
             read_only=read_only,
             isolation_level=isolation_level,
-            what=self._prepared.what,
+            label=self._prepared.what,
             timeout=None if timeout is None else parse_timeout(timeout, what=self._prepared.what),
             **events,
         )
@@ -560,13 +559,13 @@ class ServicesContext(Generic[T]):
     def _request_tx(self) -> Any:
         if self._connection is None:
             return None
-        return resolve_connection(self._connection, what=self._spec.what)
+        return resolve_connection(self._connection, what=self._spec.label)
 
     def __enter__(self) -> T:
         prepared = self._prepared
         if prepared.async_only is not None:
             raise InjectionError(
-                f"{self._spec.what}: provider {prepared.async_only} is async; use 'async with provide_services(...)'"
+                f"{self._spec.label}: provider {prepared.async_only} is async; use 'async with provide_services(...)'"
             )
         if self._session is None and self._connection is None:
             unit, session = enter_sync(self._spec)
@@ -598,10 +597,10 @@ class ServicesContext(Generic[T]):
             close_sync(self._closers, exc)
         except BaseException as close_error:
             # The block's exception stays the one the caller sees, unless this is an interrupt.
-            if _is_interrupt(close_error):
+            if is_interrupt(close_error):
                 exit_sync(unit, close_error)
                 raise
-            _note_secondary(exc, "finishing a provider", close_error)
+            note_secondary(exc, "finishing a provider", close_error)
         exit_sync(unit, exc)
 
     def __exit__(
@@ -650,10 +649,10 @@ class ServicesContext(Generic[T]):
             await close_async(self._closers, exc)
         except BaseException as close_error:
             # The block's exception stays the one the caller sees, unless this is an interrupt.
-            if _is_interrupt(close_error):
+            if is_interrupt(close_error):
                 await exit_async(unit, close_error)
                 raise
-            _note_secondary(exc, "finishing a provider", close_error)
+            note_secondary(exc, "finishing a provider", close_error)
         await exit_async(unit, exc)
 
     async def __aexit__(

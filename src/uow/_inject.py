@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, scoped_session
 
 from uow import _observe
 from uow._database import Database, get_default_database
+from uow._failures import is_interrupt, note_secondary
 from uow._markers import Injected
 from uow._providers import (
     SESSION_PARAM_NAMES,
@@ -44,14 +45,10 @@ from uow._providers import (
     unwrap_annotated,
 )
 from uow._retry import Retry, describe_error, parse_retry
-from uow._timeout import begin_deadline, parse_timeout
-from uow._unit import (
+from uow._stack import (
     ActiveUnit,
     Propagation,
-    Transaction,
     UnitSpec,
-    _is_interrupt,
-    _note_secondary,
     begin_async,
     begin_sync,
     enter_async,
@@ -62,6 +59,8 @@ from uow._unit import (
     join_innermost,
     join_request,
 )
+from uow._timeout import begin_deadline, parse_timeout
+from uow._transaction import Transaction
 from uow.errors import ConfigurationError, InjectionError
 
 if TYPE_CHECKING:
@@ -153,7 +152,7 @@ class FunctionPlan:
         connection_param: tuple[str, int | None] | None = None,
     ) -> None:
         self.fn = fn
-        self.what = spec.what
+        self.what = spec.label
         self.is_async = is_async
         self.targets = targets
         self.target_names = frozenset(name for name, _ in targets)
@@ -270,7 +269,7 @@ def plan_function(
         propagation=propagation,
         read_only=read_only,
         isolation_level=isolation_level,
-        what=what,
+        label=what,
         timeout=parse_timeout(timeout, what=what),
         **events,
     )
@@ -713,7 +712,7 @@ def _observe_retries(observer: Observer, plan: FunctionPlan) -> contextlib.Abstr
     """One record (one span) for all the attempts of a retried unit: see `uow._observe`."""
     spec = plan.spec
     return observer.retrying(
-        function=spec.what,
+        function=spec.label,
         database=_database_of(plan),
         propagation=spec.propagation.value,
         read_only=spec.read_only,
@@ -809,10 +808,10 @@ def _fail_sync(unit: ActiveUnit, closers: list[Any], exc: BaseException) -> None
         try:
             close_sync(closers, exc)
         except BaseException as close_error:
-            if _is_interrupt(close_error):
+            if is_interrupt(close_error):
                 exit_sync(unit, close_error)
                 raise
-            _note_secondary(exc, "finishing a provider", close_error)
+            note_secondary(exc, "finishing a provider", close_error)
     exit_sync(unit, exc)
 
 
@@ -903,10 +902,10 @@ async def _fail_async(unit: ActiveUnit, closers: list[Any], exc: BaseException) 
         try:
             await close_async(closers, exc)
         except BaseException as close_error:
-            if _is_interrupt(close_error):
+            if is_interrupt(close_error):
                 await exit_async(unit, close_error)
                 raise
-            _note_secondary(exc, "finishing a provider", close_error)
+            note_secondary(exc, "finishing a provider", close_error)
     await exit_async(unit, exc)
 
 

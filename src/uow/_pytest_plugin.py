@@ -14,6 +14,7 @@ import pytest
 
 from uow._database import Database, get_default_database
 from uow._providers import _overrides
+from uow._stack import Frame, forget_frames_above, innermost_frame
 from uow._testing import (
     CapturedHooks,
     UnitLeftOpenError,
@@ -22,7 +23,6 @@ from uow._testing import (
     bound_to_transaction,
     capture_on_commit,
 )
-from uow._unit import Frame, _current, innermost_frame
 
 __all__ = [
     "pytest_addoption",
@@ -138,7 +138,7 @@ def uow_transaction(request: pytest.FixtureRequest, uow_database: Database) -> I
 def _fail_if_frames_left(database: Database, entered_with: Frame | None) -> None:
     names = _frames_left_open(database, entered_with)
     if names:
-        _current.set(entered_with)
+        forget_frames_above(entered_with)
         pytest.fail(str(_left_open_error(names, database)), pytrace=False)
 
 

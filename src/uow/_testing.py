@@ -22,18 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from sqlalchemy.orm import Session, sessionmaker
 
 from uow._database import AnySessionFactory, Database, resolve_database
-from uow._unit import (
-    AFTER_COMMIT,
-    AFTER_ROLLBACK,
-    OPENED_BY_KEY,
-    Frame,
-    Hook,
-    Outcome,
-    _current,
-    hook_capture,
-    innermost_frame,
-    release_guard,
-)
+from uow._ownership import release_guard
+from uow._stack import Frame, forget_frames_above, innermost_frame
+from uow._transaction import AFTER_COMMIT, AFTER_ROLLBACK, OPENED_BY_KEY, Hook, Outcome, hook_capture
 from uow.errors import ConfigurationError, UowError
 
 __all__ = [
@@ -175,7 +166,7 @@ def _frames_left_open(database: Database, entered_with: Frame | None) -> list[st
     frame = innermost_frame()
     while frame is not None and frame is not entered_with:
         if frame.database is database:
-            names.append(frame.transaction.what or "a unit of work")
+            names.append(frame.transaction.label or "a unit of work")
         frame = frame.parent
     return names
 
@@ -353,7 +344,7 @@ class bound_to_transaction:
         """Names of units entered in this context and never left; drops them so later code starts clean."""
         names = _frames_left_open(self.database, self._entered_with)
         if names:
-            _current.set(self._entered_with)
+            forget_frames_above(self._entered_with)
         return names
 
     def _open_sessions(self) -> list[Any]:

@@ -2,7 +2,7 @@
 
 A Starlette endpoint takes the `Request`; FastAPI passes ``request=`` by keyword. Such a function
 joins the request unit that parameter points at: the wrapper does it without `_decide` when that
-unit is the innermost one (`uow._unit.join_request`), and when the parameter points at no unit
+unit is the innermost one (`uow._stack.join_request`), and when the parameter points at no unit
 (none installed, or already finished) it joins or begins as any decorated function would. These
 tests call the same function both ways inside real requests (the frameworks' own test clients) —
 through its wrapper, and through the general path (`uow._inject.call_async` / `call_sync`) — for
@@ -29,7 +29,7 @@ from starlette.testclient import TestClient
 import uow
 from tests.integrations.web import Web
 from tests.models import AsyncItemService, ItemService
-from uow import _inject, _unit
+from uow import _inject, _stack
 from uow.integrations._request import SCOPE_KEY
 from uow.integrations.starlette import UnitOfWorkMiddleware
 
@@ -43,7 +43,7 @@ def _what(session: Session | AsyncSession, request: Request) -> dict[str, Any]:
     """What a unit decided, seen from inside it: whose session it runs in, and in which unit."""
     unit = request.scope.get(SCOPE_KEY)
     request_tx = unit.transaction if unit is not None else None
-    frame = _unit.innermost_frame()
+    frame = _stack.innermost_frame()
     assert frame is not None
     return {
         "request_session": request_tx is not None and session is request_tx.session,
@@ -183,7 +183,7 @@ def test_the_direct_path_joins_the_request_unit_without_deciding(
 ) -> None:
     decided: list[object] = []
     general: list[object] = []
-    decide, call_async = _unit._decide, _inject.call_async
+    decide, call_async = _stack._decide, _inject.call_async
 
     def spy_decide(*args: Any, **kwargs: Any) -> Any:
         decided.append(args[0])
@@ -193,7 +193,7 @@ def test_the_direct_path_joins_the_request_unit_without_deciding(
         general.append(args[0])
         return await call_async(*args, **kwargs)
 
-    monkeypatch.setattr(_unit, "_decide", spy_decide)
+    monkeypatch.setattr(_stack, "_decide", spy_decide)
     monkeypatch.setattr(_inject, "call_async", spy_call)
 
     @uow.with_services(AsyncItemService)

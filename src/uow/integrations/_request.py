@@ -26,7 +26,8 @@ from uow._database import Database, get_default_database
 from uow._decorators import ServiceSpec, provide_services
 from uow._inject import register_connection_resolver
 from uow._providers import snake_case
-from uow._unit import Frame, Transaction, push_transaction
+from uow._stack import Frame, push_transaction
+from uow._transaction import Transaction
 from uow.errors import ConfigurationError
 
 __all__ = [
