@@ -70,6 +70,7 @@ import contextlib
 import contextvars
 import enum
 import os
+from collections.abc import Iterator
 from threading import get_ident
 from typing import TYPE_CHECKING, NamedTuple, Union
 
@@ -573,52 +574,39 @@ def begin_sync(spec: UnitSpec) -> tuple[ActiveUnit, Session]:
 
 
 def _enter_sync(spec: UnitSpec, session: Session | None, request_tx: Transaction | None) -> tuple[ActiveUnit, Session]:
+    """`enter_sync` decided in full: `_decide`, then the I/O the decision needs (the steps without I/O are
+    shared with `_enter_async`: `_push`, `_new_transaction`, `_holding_for_savepoint`, `_enter_external`)."""
     kind, database, frame, request = _decide(spec, session, request_tx, want_async=False)
     if kind is _JOIN:
         if request is not None:
-            token = _current.set(Frame(request.database, request, request.root, _current.get()))
-            return ActiveUnit(kind, request, request.root, token), request.open_sync()
+            unit = _push(kind, request, request.root, request.database)
+            return unit, request.open_sync()
         assert frame is not None
         tx = frame.transaction
         foreign = enter_foreign(spec, frame)
         if foreign is None:
             return ActiveUnit(kind, tx, frame.block, None), tx.open_sync()
-        token = _current.set(Frame(database, tx, frame.block, _current.get()))
-        unit = ActiveUnit(kind, tx, frame.block, token, foreign)
+        unit = _push(kind, tx, frame.block, database, foreign)
         try:
             return unit, tx.open_sync()
         except BaseException as failure:
             exit_sync(unit, failure)
             raise
     if kind is _BEGIN:
-        tx = Transaction(database, read_only=spec.read_only, isolation_level=spec.isolation_level, label=spec.label)
-        if spec.timeout is not None:
-            tx.deadline = Deadline(spec.label, spec.timeout, owner=True)
+        tx = _new_transaction(spec, database)
         observer = _observe.observer  # None unless uow.otel / uow.logs watch units
         opened = tx.open_sync() if observer is None else _open_observed_sync(observer, tx, spec)
-        token = _current.set(Frame(database, tx, tx.root, _current.get()))
-        return ActiveUnit(kind, tx, tx.root, token), opened
+        return _push(kind, tx, tx.root, database), opened
     if kind is _SAVEPOINT:
         assert frame is not None
         tx = frame.transaction
-        foreign = enter_foreign(spec, frame)
-        previous = hold(tx, spec)
-        try:
+        with _holding_for_savepoint(spec, frame) as foreign:
             outer = tx.open_sync()
             track_savepoints(outer)
             block = Block(frame.block, outer.begin_nested())
-        except BaseException:
-            if foreign is not None:
-                leave_foreign(ActiveUnit(kind, tx, frame.block, None, foreign))
-            raise
-        finally:
-            tx.busy = previous
-        token = _current.set(Frame(database, tx, block, _current.get()))
-        return ActiveUnit(kind, tx, block, token, foreign), outer
+        return _push(kind, tx, block, database, foreign), outer
     assert session is not None
-    tx = Transaction(database, session=session, owned=False, read_only=spec.read_only)
-    token = _current.set(Frame(database, tx, tx.root, _current.get()))
-    return ActiveUnit(kind, tx, tx.root, token), session
+    return _enter_external(spec, database, session), session
 
 
 async def enter_async(
@@ -652,53 +640,77 @@ async def begin_async(spec: UnitSpec) -> tuple[ActiveUnit, AsyncSession]:
 async def _enter_async(
     spec: UnitSpec, session: AsyncSession | None, request_tx: Transaction | None
 ) -> tuple[ActiveUnit, AsyncSession]:
+    """`_enter_sync`, awaiting the I/O."""
     kind, database, frame, request = _decide(spec, session, request_tx, want_async=True)
     if kind is _JOIN:
         if request is not None:
             opened = await request.open_async()
-            token = _current.set(Frame(request.database, request, request.root, _current.get()))
-            return ActiveUnit(kind, request, request.root, token), opened
+            return _push(kind, request, request.root, request.database), opened
         assert frame is not None
         tx = frame.transaction
         foreign = enter_foreign(spec, frame)
         if foreign is None:
             return ActiveUnit(kind, tx, frame.block, None), await tx.open_async()
-        token = _current.set(Frame(database, tx, frame.block, _current.get()))
-        unit = ActiveUnit(kind, tx, frame.block, token, foreign)
+        unit = _push(kind, tx, frame.block, database, foreign)
         try:
             return unit, await tx.open_async()
         except BaseException as failure:
             await exit_async(unit, failure)
             raise
     if kind is _BEGIN:
-        tx = Transaction(database, read_only=spec.read_only, isolation_level=spec.isolation_level, label=spec.label)
-        if spec.timeout is not None:
-            tx.deadline = Deadline(spec.label, spec.timeout, owner=True)
+        tx = _new_transaction(spec, database)
         observer = _observe.observer  # None unless uow.otel / uow.logs watch units
         opened = await tx.open_async() if observer is None else await _open_observed_async(observer, tx, spec)
-        token = _current.set(Frame(database, tx, tx.root, _current.get()))
-        return ActiveUnit(kind, tx, tx.root, token), opened
+        return _push(kind, tx, tx.root, database), opened
     if kind is _SAVEPOINT:
         assert frame is not None
         tx = frame.transaction
-        foreign = enter_foreign(spec, frame)
-        previous = hold(tx, spec)
-        try:
+        with _holding_for_savepoint(spec, frame) as foreign:
             outer = await tx.open_async()
             track_savepoints(outer.sync_session)
             block = Block(frame.block, await outer.begin_nested())
-        except BaseException:
-            if foreign is not None:
-                leave_foreign(ActiveUnit(kind, tx, frame.block, None, foreign))
-            raise
-        finally:
-            tx.busy = previous
-        token = _current.set(Frame(database, tx, block, _current.get()))
-        return ActiveUnit(kind, tx, block, token, foreign), outer
+        return _push(kind, tx, block, database, foreign), outer
     assert session is not None
+    return _enter_external(spec, database, session), session
+
+
+def _push(
+    kind: Kind, tx: Transaction, block: Block, database: Database | None, foreign: ForeignJoin | None = None
+) -> ActiveUnit:
+    """The entered unit, its frame pushed on this context's stack."""
+    return ActiveUnit(kind, tx, block, _current.set(Frame(database, tx, block, _current.get())), foreign)
+
+
+def _new_transaction(spec: UnitSpec, database: Database | None) -> Transaction:
+    """The transaction a BEGIN makes (decided in full: the direct begin makes its own, without a timeout)."""
+    tx = Transaction(database, read_only=spec.read_only, isolation_level=spec.isolation_level, label=spec.label)
+    if spec.timeout is not None:
+        tx.deadline = Deadline(spec.label, spec.timeout, owner=True)
+    return tx
+
+
+@contextlib.contextmanager
+def _holding_for_savepoint(spec: UnitSpec, frame: Frame) -> Iterator[ForeignJoin | None]:
+    """Around opening the session and SAVEPOINT (a statement outside the Session's events): refused as a
+    statement would be, with the session held meanwhile; a join from another task or thread, admitted
+    for the savepoint (the `ForeignJoin` given), is handed back when that fails."""
+    tx = frame.transaction
+    foreign = enter_foreign(spec, frame)
+    previous = hold(tx, spec)
+    try:
+        yield foreign
+    except BaseException:
+        if foreign is not None:
+            leave_foreign(ActiveUnit(_SAVEPOINT, tx, frame.block, None, foreign))
+        raise
+    finally:
+        tx.busy = previous
+
+
+def _enter_external(spec: UnitSpec, database: Database | None, session: AnySession) -> ActiveUnit:
+    """A unit in the session the caller passed with ``session=``: a transaction uow never commits, rolls back or closes."""
     tx = Transaction(database, session=session, owned=False, read_only=spec.read_only)
-    token = _current.set(Frame(database, tx, tx.root, _current.get()))
-    return ActiveUnit(kind, tx, tx.root, token), session
+    return _push(_EXTERNAL, tx, tx.root, database)
 
 
 def exit_sync(unit: ActiveUnit, exc: BaseException | None) -> None:
