@@ -70,7 +70,7 @@ import contextlib
 import contextvars
 import enum
 import os
-from collections.abc import Iterator
+from collections.abc import Generator
 from threading import get_ident
 from typing import TYPE_CHECKING, NamedTuple, Union
 
@@ -91,14 +91,6 @@ if TYPE_CHECKING:
     from uow._sharing import ForeignJoin
 
 AnySession = Union[Session, AsyncSession]
-
-__all__ = [
-    "Frame",
-    "Propagation",
-    "Transaction",
-    "join_innermost",
-    "join_request",
-]
 
 
 class Propagation(str, enum.Enum):
@@ -690,7 +682,7 @@ def _new_transaction(spec: UnitSpec, database: Database | None) -> Transaction:
 
 
 @contextlib.contextmanager
-def _holding_for_savepoint(spec: UnitSpec, frame: Frame) -> Iterator[ForeignJoin | None]:
+def _holding_for_savepoint(spec: UnitSpec, frame: Frame) -> Generator[ForeignJoin | None, None, None]:
     """Around opening the session and SAVEPOINT (a statement outside the Session's events): refused as a
     statement would be, with the session held meanwhile; a join from another task or thread, admitted
     for the savepoint (the `ForeignJoin` given), is handed back when that fails."""

@@ -170,6 +170,8 @@ class Transaction:
         self.observed: UnitRecord | None = None
 
     # -- opening -----------------------------------------------------------------------------
+    # `open_sync` and `open_async` repeat their steps on purpose: every unit that begins comes this way,
+    # and a helper of their own would add a call to each (benchmarks/calls.py and web_calls.py count them).
 
     def open_sync(self) -> Session:
         """The session, made from the Database on first use with the transaction's options applied."""
@@ -218,6 +220,9 @@ class Transaction:
         return self.session  # type: ignore[return-value]
 
     # -- finishing (owned transactions) ------------------------------------------------------
+    # `finish_sync` and `finish_async` take the same steps (module docstring), each with the commit
+    # written out: every owning unit that succeeds comes this way. What they share without I/O is in
+    # functions of its own: `_finish_without_session`, `_seal_for_straggler`, `_due`, `rollback_only_error`.
 
     def finish_sync(self, exc: BaseException | None) -> None:
         """Commit (no exception, not rollback-only, not read-only) or roll back; always close; then run hooks.
