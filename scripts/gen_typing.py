@@ -3,7 +3,7 @@
     python scripts/gen_typing.py          # rewrite src/uow/_typing.py
     python scripts/gen_typing.py --check  # exit 1 if the committed file is not what this script writes
 
-The module is regular (one capture protocol per number of services and layout, one `_DecoratorN`
+The module is regular (one capture protocol per number of services and layout, one `DecoratorN`
 per number of services), so it is written by this script, wrapped the way ``ruff format`` wraps it
 (line length 120); edit this script, not the module. tests/test_typing.py checks they agree.
 """
@@ -28,7 +28,7 @@ function is a plain function (see `uow._calling.wrap`). These classes only teach
 the shapes (docs/typing.md has the table of layouts).
 
 PEP 612 can strip only leading positional parameters, so each layout the checkers can follow is
-one `__call__` overload of `_DecoratorN`:
+one `__call__` overload of `DecoratorN`:
 
 - the services first: ``(users, roles, *rest)`` becomes `Bound` ``(*rest)``;
 - after 1-3 positional parameters (``self``, ``cls``, a job's ``ctx``, a command's options):
@@ -160,7 +160,7 @@ def kept_method() -> str:
 
 def first_protocol() -> str:
     return (
-        "class _FnFirst(Protocol[A0_contra, P, PB, R_co]):\n"
+        "class FnFirst(Protocol[A0_contra, P, PB, R_co]):\n"
         '    """A function with a first positional parameter, captured without it (``P``) and with it (``PB``)."""\n'
         "\n"
         "    @overload\n"
@@ -183,10 +183,10 @@ def typevars() -> str:
 
 def all_names() -> str:
     names = [f"After{k}" for k in range(1, MAX_LEADING + 1)]
-    names += ["Bound", "Kept", "KeptMethod", "_AnyDecorator"]
-    names += [f"_Decorator{n}" for n in range(1, MAX_SERVICES + 1)]
-    names.append("_FnFirst")
-    return "__all__ = [\n" + "".join(f'    "{name}",\n' for name in names) + "]\n"
+    names += ["Bound", "Kept", "KeptMethod", "AnyDecorator"]
+    names += [f"Decorator{n}" for n in range(1, MAX_SERVICES + 1)]
+    names.append("FnFirst")
+    return "__all__ = [\n" + "".join(f'    "{name}",\n' for name in sorted(names)) + "]\n"
 
 
 def bound() -> str:
@@ -251,7 +251,7 @@ def protocol(n: int, form: str, k: int, session: bool) -> str:
 
 def any_decorator() -> str:
     return (
-        "class _AnyDecorator:\n"
+        "class AnyDecorator:\n"
         '    """Typing of a decorator whose services type checkers could not follow: the return type is kept."""\n'
         "\n"
         "    def __call__(self, fn: Callable[..., R], /) -> Callable[..., R]:\n"
@@ -261,7 +261,7 @@ def any_decorator() -> str:
 
 def decorator(n: int) -> str:
     services = [f"S{i}" for i in range(1, n + 1)]
-    lines = [f"class _Decorator{n}(Generic[{', '.join(services)}]):"]
+    lines = [f"class Decorator{n}(Generic[{', '.join(services)}]):"]
     for form, k, session in FORMS:
         leading = [f"A{i}" for i in range(k)]
         args = ", ".join([*leading, *(["SS"] if session else []), *services, "P", "PB", "R"])

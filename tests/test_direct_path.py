@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 import uow
 import uow.testing
 from tests.models import AsyncItemService, ItemService, TagService
-from uow import _unit
+from uow import _ownership, _stack
 from uow._database import _default
 from uow.errors import PropagationError, RollbackOnlyError
 
@@ -222,23 +222,23 @@ async def test_async_direct_path(async_sqlite_db: uow.Database) -> None:
 # -- beginning a unit: `begin_sync` / `begin_async` take the BEGIN `_decide` takes, or hand over --------
 
 
-def _general_sync(spec: _unit.UnitSpec) -> tuple[_unit.ActiveUnit, Session]:
-    return _unit._enter_sync(spec, None, None)
+def _general_sync(spec: _stack.UnitSpec) -> tuple[_stack.ActiveUnit, Session]:
+    return _stack._enter_sync(spec, None, None)
 
 
-def _outcome_sync(enter: Any, spec: _unit.UnitSpec) -> tuple[Any, ...]:
+def _outcome_sync(enter: Any, spec: _stack.UnitSpec) -> tuple[Any, ...]:
     """What entering (then leaving without an error) decided: the kind and the frame's parent, or the error."""
     try:
         unit, session = enter(spec)
     except uow.UowError as error:
         return type(error), str(error)
     try:
-        frame = _unit.innermost_frame()
+        frame = _stack.innermost_frame()
         assert frame is not None and frame.transaction is unit.transaction
         parent = frame.parent.transaction if frame.parent is not None else None
         return unit.kind, type(session), parent, unit.transaction.read_only, unit.transaction.isolation_level
     finally:
-        _unit.exit_sync(unit, None)
+        _stack.exit_sync(unit, None)
 
 
 @pytest.mark.parametrize("propagation", [p.value for p in uow.Propagation])
@@ -249,47 +249,47 @@ def test_begin_decides_what_the_general_path_decides(
     other = uow.Database("sqlite://")
     try:
         for database in (sqlite_db, async_sqlite_db, None):
-            spec = _unit.UnitSpec(
+            spec = _stack.UnitSpec(
                 database=database,
                 propagation=propagation,
                 read_only=bool(options.get("read_only")),
                 isolation_level=options.get("isolation_level"),
-                what="unit()",
+                label="unit()",
             )
             for configured in (None, sqlite_db):
                 _default.database = configured  # the autouse fixture clears it again after the test
                 # No unit active at all, then a unit on another database.
-                direct = _outcome_sync(_unit.begin_sync, spec)
+                direct = _outcome_sync(_stack.begin_sync, spec)
                 assert direct == _outcome_sync(_general_sync, spec), (database, configured)
                 with uow.unit_of_work(database=other) as outer:
-                    assert _outcome_sync(_unit.begin_sync, spec) == _outcome_sync(_general_sync, spec)
-                    outer_tx = _unit.innermost_frame()
-                    assert outer_tx is not None and outer.info[_unit._TX_KEY] is outer_tx.transaction
+                    assert _outcome_sync(_stack.begin_sync, spec) == _outcome_sync(_general_sync, spec)
+                    outer_tx = _stack.innermost_frame()
+                    assert outer_tx is not None and outer.info[_ownership.TX_KEY] is outer_tx.transaction
     finally:
         other.dispose()
 
 
 def test_the_direct_begin_is_taken_and_begins(sqlite_db: uow.Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    def spec(propagation: str) -> _unit.UnitSpec:
-        return _unit.UnitSpec(
-            database=sqlite_db, propagation=propagation, read_only=False, isolation_level=None, what="u"
+    def spec(propagation: str) -> _stack.UnitSpec:
+        return _stack.UnitSpec(
+            database=sqlite_db, propagation=propagation, read_only=False, isolation_level=None, label="u"
         )
 
     assert spec("required").direct_begin and not spec("mandatory").direct_begin
     calls: list[str] = []
-    decide = _unit._decide
+    decide = _stack._decide
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         calls.append("decide")
         return decide(*args, **kwargs)
 
-    monkeypatch.setattr(_unit, "_decide", spy)
-    unit, session = _unit.begin_sync(spec("required"))
-    _unit.exit_sync(unit, None)
+    monkeypatch.setattr(_stack, "_decide", spy)
+    unit, session = _stack.begin_sync(spec("required"))
+    _stack.exit_sync(unit, None)
     assert calls == []  # no `_decide`: the direct begin
-    assert unit.kind is _unit.Kind.BEGIN and session.info.get(_unit._CLOSED_KEY) is True
+    assert unit.kind is _stack.Kind.BEGIN and session.info.get(_ownership.CLOSED_KEY) is True
     with uow.unit_of_work(database=sqlite_db), pytest.raises(PropagationError):
-        _unit.begin_sync(spec("never"))
+        _stack.begin_sync(spec("never"))
     assert calls == ["decide"]  # a unit is active: decided in full
 
 
@@ -360,7 +360,7 @@ def test_a_flush_while_another_thread_is_in_a_statement_is_refused(sqlite_db: uo
     @uow.with_services(ItemService, database=sqlite_db)
     def handler(items: ItemService) -> None:
         items.add("first")  # the fast path: only this thread uses the session
-        tx = items.session.info[_unit._TX_KEY]
+        tx = items.session.info[_ownership.TX_KEY]
         assert tx.busy is None  # the claim was handed back
         tx.busy = other.ident  # as if that thread were in a statement on the session right now
         try:
@@ -441,21 +441,21 @@ def test_provide_services_direct_and_general_agree(sqlite_db: uow.Database) -> N
 async def test_async_provide_services_direct_and_begin(async_sqlite_db: uow.Database) -> None:
     async with uow.provide_services(AsyncItemService, database=async_sqlite_db) as (items,):
         await items.add("a")
-        frame = _unit.innermost_frame()
+        frame = _stack.innermost_frame()
         assert frame is not None and frame.parent is None and frame.transaction.session is items.session
     async with uow.provide_services(AsyncItemService, database=async_sqlite_db) as (items,):
         assert await items.names() == ["a"]
-    spec = _unit.UnitSpec(
-        database=async_sqlite_db, propagation="mandatory", read_only=False, isolation_level=None, what="u"
+    spec = _stack.UnitSpec(
+        database=async_sqlite_db, propagation="mandatory", read_only=False, isolation_level=None, label="u"
     )
     with pytest.raises(PropagationError, match="mandatory"):
-        await _unit.begin_async(spec)
+        await _stack.begin_async(spec)
 
 
 def test_propagation_names_parse_as_before() -> None:
     for member in uow.Propagation:
-        assert _unit.parse_propagation(member, what="u") is member
-        assert _unit.parse_propagation(member.value, what="u") is member
+        assert _stack.parse_propagation(member, label="u") is member
+        assert _stack.parse_propagation(member.value, label="u") is member
     for bad in ("Required", "", None, [], 3):
         with pytest.raises(uow.ConfigurationError, match="unknown propagation"):
-            _unit.parse_propagation(bad, what="u")  # type: ignore[arg-type]
+            _stack.parse_propagation(bad, label="u")  # type: ignore[arg-type]

@@ -31,7 +31,7 @@ from tests.helpers import checked_out, committed, committed_async
 from tests.models import AsyncItemService, Item, ItemService
 from tests.reliability._checks import _settled
 from uow import NoActiveUnitOfWork, PropagationError, RollbackOnlyError, unit_of_work, with_services
-from uow._unit import _GUARDS
+from uow._ownership import GUARDS
 
 ASYNC_DRIVERS = ["sqlite+aiosqlite", "postgresql+asyncpg", "postgresql+psycopg_async"]
 SYNC_DRIVERS = ["sqlite", "postgresql+psycopg"]
@@ -559,7 +559,7 @@ async def test_checks_cost_nothing_to_sessions_outside_uow(adb: uow.Database) ->
     # A do_orm_execute listener on Session itself would make SQLAlchemy build an execute state for
     # every statement of every session in the process.
     # (Other libraries and tests may listen on Session themselves: look for uow's listeners only.)
-    for name, listener in _GUARDS:
+    for name, listener in GUARDS:
         assert not event.contains(Session, name, listener), name
 
 

@@ -28,7 +28,7 @@ import uow
 from tests import servers
 from tests.models import AsyncItemService, Base, Item, ItemService
 from uow._pytest_plugin import _missing_pytest_asyncio
-from uow._unit import innermost_frame
+from uow._stack import innermost_frame
 from uow.errors import ConfigurationError
 from uow.testing import CapturedHooks, UnitLeftOpenError, bound_to_transaction, capture_on_commit
 
@@ -262,7 +262,7 @@ SYNC_TESTS = """
 
     def test_nothing_was_left_behind():
         assert committed_texts() == []
-        assert uow._unit.innermost_frame() is None
+        assert uow._stack.innermost_frame() is None
 """
 SYNC_TEST_COUNT = 14
 
@@ -553,7 +553,7 @@ SYNC_LEAKS = """
         notes.add("left open")
 
     def test_next_test_starts_clean():
-        assert uow._unit.innermost_frame() is None
+        assert uow._stack.innermost_frame() is None
         assert note_texts() == []
 
     @pytest.mark.uow_commit
@@ -561,7 +561,7 @@ SYNC_LEAKS = """
         uow.unit_of_work(database=database).__enter__()
 
     def test_next_test_starts_clean_too():
-        assert uow._unit.innermost_frame() is None
+        assert uow._stack.innermost_frame() is None
 
     def test_async_fixture_on_a_sync_database(uow_async_transaction):
         pass

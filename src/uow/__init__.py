@@ -6,14 +6,7 @@ services the function asks for, and commits or rolls back when it returns or rai
 
 from __future__ import annotations
 
-from uow._database import Database, configure, get_default_database
-from uow._decorators import provide_services, unit_of_work, with_services
-from uow._markers import injected
-from uow._providers import override
-from uow._retry import Retry, is_transient
-from uow._unit import (
-    Outcome,
-    Propagation,
+from uow._ambient import (
     before_commit,
     current_session,
     current_session_async,
@@ -22,6 +15,13 @@ from uow._unit import (
     on_rollback,
     set_rollback_only,
 )
+from uow._database import Database, configure, get_default_database
+from uow._decorators import provide_services, unit_of_work, with_services
+from uow._markers import injected
+from uow._providers import override
+from uow._retry import Retry, is_transient
+from uow._stack import Propagation
+from uow._transaction import Outcome
 from uow.errors import (
     ConfigurationError,
     DatabaseUnavailable,

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from uow import _observe
+from uow._failures import is_interrupt, note_secondary
 from uow._planning import (
     PLAN_ATTRIBUTE,
     FunctionPlan,
@@ -47,14 +48,10 @@ from uow._providers import (
 )
 from uow._request_unit import find_connection, resolve_connection
 from uow._retry import describe_error
-from uow._timeout import Deadline, begin_deadline
-from uow._unit import (
+from uow._stack import (
     ActiveUnit,
     Propagation,
-    Transaction,
     UnitSpec,
-    _is_interrupt,
-    _note_secondary,
     begin_async,
     begin_sync,
     enter_async,
@@ -65,6 +62,8 @@ from uow._unit import (
     join_innermost,
     join_request,
 )
+from uow._timeout import Deadline, begin_deadline
+from uow._transaction import Transaction
 from uow.errors import InjectionError
 
 if TYPE_CHECKING:
@@ -139,7 +138,7 @@ class UnitRun:
                 if primary is None:
                     exit_sync(unit, close_error)
                     raise
-                _note_secondary(primary, "finishing a provider", close_error)
+                note_secondary(primary, "finishing a provider", close_error)
         exit_sync(unit, failure)
 
     async def end_async(self, failure: BaseException | None) -> None:
@@ -153,7 +152,7 @@ class UnitRun:
                 if primary is None:
                     await exit_async(unit, close_error)
                     raise
-                _note_secondary(primary, "finishing a provider", close_error)
+                note_secondary(primary, "finishing a provider", close_error)
         await exit_async(unit, failure)
 
 
@@ -180,7 +179,7 @@ def kept_over(failure: BaseException | None, close_error: BaseException) -> Base
     `failure`, when there is one and `close_error` is no interrupt: it stays the error the unit ends
     with and the caller sees, `close_error` noted on it. None: `close_error` ends the unit and propagates.
     """
-    return None if failure is None or _is_interrupt(close_error) else failure
+    return None if failure is None or is_interrupt(close_error) else failure
 
 
 # -- the general path -------------------------------------------------------------------------
@@ -238,7 +237,7 @@ def _observe_retries(observer: Observer, plan: FunctionPlan) -> contextlib.Abstr
     """One record (one span) for all the attempts of a retried unit: see `uow._observe`."""
     spec = plan.spec
     return observer.retrying(
-        function=spec.what,
+        function=spec.label,
         database=database_of(plan),
         propagation=spec.propagation.value,
         read_only=spec.read_only,

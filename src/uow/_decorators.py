@@ -29,23 +29,23 @@ from uow._providers import (
 )
 from uow._request_unit import resolve_connection
 from uow._retry import Retry
+from uow._stack import ExceptionClasses, Propagation, UnitSpec, enter_async, enter_sync
 from uow._timeout import begin_deadline, parse_timeout
-from uow._unit import ExceptionClasses, Propagation, UnitSpec, enter_async, enter_sync
 from uow.errors import ConfigurationError, InjectionError
 
 if TYPE_CHECKING:  # typing only: the decorated functions are plain functions at run time
     from uow._typing import (
         After1,
+        AnyDecorator,
+        Decorator1,
+        Decorator2,
+        Decorator3,
+        Decorator4,
+        Decorator5,
+        Decorator6,
+        FnFirst,
         Kept,
         KeptMethod,
-        _AnyDecorator,
-        _Decorator1,
-        _Decorator2,
-        _Decorator3,
-        _Decorator4,
-        _Decorator5,
-        _Decorator6,
-        _FnFirst,
     )
 
 __all__ = ["ServicesContext", "UnitOfWork", "provide_services", "unit_of_work", "with_services"]
@@ -84,7 +84,7 @@ def with_services(  # pyright: ignore[reportOverlappingOverload]
     durable: bool = False,
     commit_on: ExceptionClasses = None,
     rollback_on: ExceptionClasses = None,
-) -> _Decorator1[S1]: ...
+) -> Decorator1[S1]: ...
 
 
 @overload
@@ -102,7 +102,7 @@ def with_services(
     durable: bool = False,
     commit_on: ExceptionClasses = None,
     rollback_on: ExceptionClasses = None,
-) -> _Decorator2[S1, S2]: ...
+) -> Decorator2[S1, S2]: ...
 
 
 @overload
@@ -121,7 +121,7 @@ def with_services(
     durable: bool = False,
     commit_on: ExceptionClasses = None,
     rollback_on: ExceptionClasses = None,
-) -> _Decorator3[S1, S2, S3]: ...
+) -> Decorator3[S1, S2, S3]: ...
 
 
 @overload
@@ -141,7 +141,7 @@ def with_services(
     durable: bool = False,
     commit_on: ExceptionClasses = None,
     rollback_on: ExceptionClasses = None,
-) -> _Decorator4[S1, S2, S3, S4]: ...
+) -> Decorator4[S1, S2, S3, S4]: ...
 
 
 @overload
@@ -162,7 +162,7 @@ def with_services(
     durable: bool = False,
     commit_on: ExceptionClasses = None,
     rollback_on: ExceptionClasses = None,
-) -> _Decorator5[S1, S2, S3, S4, S5]: ...
+) -> Decorator5[S1, S2, S3, S4, S5]: ...
 
 
 @overload
@@ -184,7 +184,7 @@ def with_services(
     durable: bool = False,
     commit_on: ExceptionClasses = None,
     rollback_on: ExceptionClasses = None,
-) -> _Decorator6[S1, S2, S3, S4, S5, S6]: ...
+) -> Decorator6[S1, S2, S3, S4, S5, S6]: ...
 
 
 @overload
@@ -199,7 +199,7 @@ def with_services(
     durable: bool = False,
     commit_on: ExceptionClasses = None,
     rollback_on: ExceptionClasses = None,
-) -> _AnyDecorator: ...
+) -> AnyDecorator: ...
 
 
 def with_services(
@@ -336,7 +336,7 @@ class UnitOfWork:
             propagation=propagation,
             read_only=read_only,
             isolation_level=isolation_level,
-            what="unit_of_work()",
+            label="unit_of_work()",
             timeout=parse_timeout(timeout, what="unit_of_work()"),
             **events,
         )
@@ -355,7 +355,7 @@ class UnitOfWork:
     # Any other function keeps its own signature (parameters marked `= injected()` are optional there),
     # and a caller may pass session= / connection=; a first positional parameter binds like `self`.
     @overload
-    def __call__(self, fn: _FnFirst[T, P, PB, R], /) -> KeptMethod[T, P, PB, R]: ...
+    def __call__(self, fn: FnFirst[T, P, PB, R], /) -> KeptMethod[T, P, PB, R]: ...
     @overload
     def __call__(self, fn: Callable[P, R], /) -> Kept[P, R]: ...
     def __call__(self, fn: Callable[..., R], /) -> Any:
@@ -537,7 +537,7 @@ class ServicesContext(UnitRun, Generic[T]):
                 propagation=propagation,
                 read_only=read_only,
                 isolation_level=isolation_level,
-                what=label,
+                label=label,
                 timeout=None if timeout is None else parse_timeout(timeout, what=label),
                 **events,
             ),
@@ -546,13 +546,13 @@ class ServicesContext(UnitRun, Generic[T]):
     def _request_tx(self) -> Any:
         if self._connection is None:
             return None
-        return resolve_connection(self._connection, label=self.spec.what)
+        return resolve_connection(self._connection, label=self.spec.label)
 
     def __enter__(self) -> T:
         prepared, spec = self._prepared, self.spec
         if prepared.async_only is not None:
             raise InjectionError(
-                f"{spec.what}: provider {prepared.async_only} is async; use 'async with provide_services(...)'"
+                f"{spec.label}: provider {prepared.async_only} is async; use 'async with provide_services(...)'"
             )
         if self._session is None and self._connection is None:
             unit, session = enter_sync(spec)

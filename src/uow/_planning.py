@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_scoped_session
 from sqlalchemy.orm import Session, scoped_session
 
 from uow._database import Database
+from uow._failures import mismatch_error
 from uow._markers import Injected
 from uow._providers import (
     SESSION_PARAM_NAMES,
@@ -40,8 +41,8 @@ from uow._providers import (
     unwrap_annotated,
 )
 from uow._retry import Retry, parse_retry
+from uow._stack import Propagation, UnitSpec, spec_database
 from uow._timeout import parse_timeout
-from uow._unit import Propagation, UnitSpec, _resolve_database
 from uow.errors import ConfigurationError, InjectionError
 
 __all__ = [
@@ -75,7 +76,7 @@ def plan_of(fn: object) -> FunctionPlan | None:
 
 def database_of(plan: FunctionPlan) -> Database | None:
     """The Database the plan's units open on: its own, else the configured default (None when neither is set)."""
-    return _resolve_database(plan.spec)
+    return spec_database(plan.spec)
 
 
 class FunctionPlan:
@@ -118,7 +119,7 @@ class FunctionPlan:
         connection_param: tuple[str, int | None] | None = None,
     ) -> None:
         self.fn = fn
-        self.label = spec.what  # `UnitSpec.what`: uow._unit's name for it
+        self.label = spec.label
         self.is_async = is_async
         self.targets = targets
         self.target_names = frozenset(name for name, _ in targets)
@@ -237,21 +238,13 @@ def plan_function(
         propagation=propagation,
         read_only=read_only,
         isolation_level=isolation_level,
-        what=label,
+        label=label,
         timeout=parse_timeout(timeout, what=label),
         **events,
     )
     retry_policy = parse_retry(retry, label=label)
     if spec.database is not None and spec.database.is_async != is_async:
-        raise ConfigurationError(
-            f"{label} is {'async' if is_async else 'sync'} but {spec.database!r} is "
-            f"{'async' if spec.database.is_async else 'sync'}: "
-            + (
-                "make the function 'async def' or give it an async Database"
-                if spec.database.is_async
-                else "make the function a plain 'def' or give it a sync Database (sqlite://, postgresql+psycopg://)"
-            )
-        )
+        raise mismatch_error(label, spec.database, function_is_async=is_async)
     _check_duplicates(services, label)
     _check_stacked(fn, services, label, decorator)
     plans = [plan_service(service, for_async=is_async, owner=label) for service in services]

@@ -14,6 +14,7 @@ import pytest
 
 from uow._database import Database, get_default_database
 from uow._providers import apply_override, current_overrides, undo_overrides
+from uow._stack import Frame, forget_frames_above, innermost_frame
 from uow._testing import (
     CapturedHooks,
     UnitLeftOpenError,
@@ -22,7 +23,6 @@ from uow._testing import (
     frames_left_open,
     left_open_error,
 )
-from uow._unit import Frame, forget_frames_above, innermost_frame
 
 COMMIT_MARKER = "uow_commit"
 DATABASE_OPTION = "uow_database"

@@ -27,7 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from uow._database import Database, get_default_database
-from uow._unit import Frame, Transaction, pop_frame, push_transaction
+from uow._stack import Frame, pop_frame, push_transaction
+from uow._transaction import Transaction
 from uow.errors import ConfigurationError
 
 __all__ = [

@@ -26,16 +26,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from sqlalchemy.orm import Session, sessionmaker
 
 from uow._database import AnySessionFactory, Database, SwappedFactories, resolve_database, swap_session_factories
-from uow._unit import (
+from uow._ownership import release_guard
+from uow._stack import Frame, forget_frames_above, innermost_frame
+from uow._transaction import (
     AFTER_COMMIT,
     AFTER_ROLLBACK,
     OPENED_BY_KEY,
-    Frame,
     Hook,
     Outcome,
-    forget_frames_above,
-    innermost_frame,
-    release_guard,
     start_capturing_hooks,
     stop_capturing_hooks,
 )
@@ -156,7 +154,7 @@ def frames_left_open(database: Database, entered_with: Frame | None) -> list[str
     frame = innermost_frame()
     while frame is not None and frame is not entered_with:
         if frame.database is database:
-            names.append(frame.transaction.what or "a unit of work")
+            names.append(frame.transaction.label or "a unit of work")
         frame = frame.parent
     return names
 

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from uow.errors import ConfigurationError, UnitTimeoutError
 
 if TYPE_CHECKING:
-    from uow._unit import ActiveUnit, UnitSpec
+    from uow._stack import ActiveUnit, UnitSpec
 
 __all__ = [
     "Deadline",
@@ -404,4 +404,4 @@ def begin_deadline(spec: UnitSpec, unit: ActiveUnit, session: Session | AsyncSes
         owned.arm(is_async)
         return owned
     assert spec.timeout is not None
-    return start_deadline(spec.timeout, spec.what, session, is_async=is_async)
+    return start_deadline(spec.timeout, spec.label, session, is_async=is_async)

@@ -5,7 +5,7 @@ function is a plain function (see `uow._calling.wrap`). These classes only teach
 the shapes (docs/typing.md has the table of layouts).
 
 PEP 612 can strip only leading positional parameters, so each layout the checkers can follow is
-one `__call__` overload of `_DecoratorN`:
+one `__call__` overload of `DecoratorN`:
 
 - the services first: ``(users, roles, *rest)`` becomes `Bound` ``(*rest)``;
 - after 1-3 positional parameters (``self``, ``cls``, a job's ``ctx``, a command's options):
@@ -54,17 +54,17 @@ __all__ = [
     "After1",
     "After2",
     "After3",
+    "AnyDecorator",
     "Bound",
+    "Decorator1",
+    "Decorator2",
+    "Decorator3",
+    "Decorator4",
+    "Decorator5",
+    "Decorator6",
+    "FnFirst",
     "Kept",
     "KeptMethod",
-    "_AnyDecorator",
-    "_Decorator1",
-    "_Decorator2",
-    "_Decorator3",
-    "_Decorator4",
-    "_Decorator5",
-    "_Decorator6",
-    "_FnFirst",
 ]
 
 P = ParamSpec("P")
@@ -223,7 +223,7 @@ class KeptMethod(Generic[A0, P, PB, R]):
         raise NotImplementedError
 
 
-class _FnFirst(Protocol[A0_contra, P, PB, R_co]):
+class FnFirst(Protocol[A0_contra, P, PB, R_co]):
     """A function with a first positional parameter, captured without it (``P``) and with it (``PB``)."""
 
     @overload
@@ -749,14 +749,14 @@ class _Fn6_3(
     def __call__(self, a0: A0_contra, a1: A1_contra, a2: A2_contra, /, *args: PB.args, **kwargs: PB.kwargs) -> R_co: ...
 
 
-class _AnyDecorator:
+class AnyDecorator:
     """Typing of a decorator whose services type checkers could not follow: the return type is kept."""
 
     def __call__(self, fn: Callable[..., R], /) -> Callable[..., R]:
         raise NotImplementedError
 
 
-class _Decorator1(Generic[S1]):
+class Decorator1(Generic[S1]):
     @overload
     def __call__(self, fn: _Fn1_S0[SS, S1, P, PB, R], /) -> Bound[P, PB, R]: ...
     @overload
@@ -775,7 +775,7 @@ class _Decorator1(Generic[S1]):
         raise NotImplementedError
 
 
-class _Decorator2(Generic[S1, S2]):
+class Decorator2(Generic[S1, S2]):
     @overload
     def __call__(self, fn: _Fn2_S0[SS, S1, S2, P, PB, R], /) -> Bound[P, PB, R]: ...
     @overload
@@ -794,7 +794,7 @@ class _Decorator2(Generic[S1, S2]):
         raise NotImplementedError
 
 
-class _Decorator3(Generic[S1, S2, S3]):
+class Decorator3(Generic[S1, S2, S3]):
     @overload
     def __call__(self, fn: _Fn3_S0[SS, S1, S2, S3, P, PB, R], /) -> Bound[P, PB, R]: ...
     @overload
@@ -813,7 +813,7 @@ class _Decorator3(Generic[S1, S2, S3]):
         raise NotImplementedError
 
 
-class _Decorator4(Generic[S1, S2, S3, S4]):
+class Decorator4(Generic[S1, S2, S3, S4]):
     @overload
     def __call__(self, fn: _Fn4_S0[SS, S1, S2, S3, S4, P, PB, R], /) -> Bound[P, PB, R]: ...
     @overload
@@ -832,7 +832,7 @@ class _Decorator4(Generic[S1, S2, S3, S4]):
         raise NotImplementedError
 
 
-class _Decorator5(Generic[S1, S2, S3, S4, S5]):
+class Decorator5(Generic[S1, S2, S3, S4, S5]):
     @overload
     def __call__(self, fn: _Fn5_S0[SS, S1, S2, S3, S4, S5, P, PB, R], /) -> Bound[P, PB, R]: ...
     @overload
@@ -851,7 +851,7 @@ class _Decorator5(Generic[S1, S2, S3, S4, S5]):
         raise NotImplementedError
 
 
-class _Decorator6(Generic[S1, S2, S3, S4, S5, S6]):
+class Decorator6(Generic[S1, S2, S3, S4, S5, S6]):
     @overload
     def __call__(self, fn: _Fn6_S0[SS, S1, S2, S3, S4, S5, S6, P, PB, R], /) -> Bound[P, PB, R]: ...
     @overload

@@ -35,7 +35,7 @@ from mypy.types import (
 
 __all__ = ["plugin"]
 
-_DECORATOR = re.compile(r"^uow\._typing\._Decorator[1-9]\.__call__$")
+_DECORATOR = re.compile(r"^uow\._typing\.Decorator[1-9]\.__call__$")
 _SESSION_TYPES = ("sqlalchemy.orm.session.Session", "sqlalchemy.ext.asyncio.session.AsyncSession")
 _SESSION_NAMES = ("session", "db_session")
 _RESERVED = ("session", "connection")

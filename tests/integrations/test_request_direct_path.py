@@ -2,10 +2,10 @@
 
 A Starlette endpoint takes the `Request`; FastAPI passes ``request=`` by keyword. Such a function
 joins the request unit that parameter points at: the wrapper does it without `_decide` when that
-unit is the innermost one (`uow._unit.join_request`), and when the parameter points at no unit
+unit is the innermost one (`uow._stack.join_request`), and when the parameter points at no unit
 (none installed, or already finished) it joins or begins as any decorated function would. These
 tests call the same function both ways inside real requests (the frameworks' own test clients) —
-through its wrapper, and through the general path (`uow._inject.call_async` / `call_sync`) — for
+through its wrapper, and through the general path (`uow._calling.call_async` / `call_sync`) — for
 every propagation and option, and compare what each decided.
 """
 
@@ -29,8 +29,7 @@ from starlette.testclient import TestClient
 import uow
 from tests.integrations.web import Web
 from tests.models import AsyncItemService, ItemService
-from uow import _calling as _inject
-from uow import _unit
+from uow import _calling, _stack
 from uow.integrations._request import SCOPE_KEY
 from uow.integrations.starlette import UnitOfWorkMiddleware
 
@@ -44,7 +43,7 @@ def _what(session: Session | AsyncSession, request: Request) -> dict[str, Any]:
     """What a unit decided, seen from inside it: whose session it runs in, and in which unit."""
     unit = request.scope.get(SCOPE_KEY)
     request_tx = unit.transaction if unit is not None else None
-    frame = _unit.innermost_frame()
+    frame = _stack.innermost_frame()
     assert frame is not None
     return {
         "request_session": request_tx is not None and session is request_tx.session,
@@ -105,7 +104,7 @@ async def _compare_async(request: Request, functions: list[Callable[..., Any]], 
     for fn in functions:
         plan = fn.__uow_plan__  # type: ignore[attr-defined]
         direct = await _outcome_async(lambda fn=fn: fn(*args, **kwargs()))
-        general = await _outcome_async(lambda plan=plan: _inject.call_async(plan, args, kwargs()))
+        general = await _outcome_async(lambda plan=plan: _calling.call_async(plan, args, kwargs()))
         pairs.append((plan.spec.propagation.value, plan.spec.read_only, plan.spec.isolation_level, direct, general))
     return pairs
 
@@ -184,7 +183,7 @@ def test_the_direct_path_joins_the_request_unit_without_deciding(
 ) -> None:
     decided: list[object] = []
     general: list[object] = []
-    decide, call_async = _unit._decide, _inject.call_async
+    decide, call_async = _stack._decide, _calling.call_async
 
     def spy_decide(*args: Any, **kwargs: Any) -> Any:
         decided.append(args[0])
@@ -194,8 +193,8 @@ def test_the_direct_path_joins_the_request_unit_without_deciding(
         general.append(args[0])
         return await call_async(*args, **kwargs)
 
-    monkeypatch.setattr(_unit, "_decide", spy_decide)
-    monkeypatch.setattr(_inject, "call_async", spy_call)
+    monkeypatch.setattr(_stack, "_decide", spy_decide)
+    monkeypatch.setattr(_calling, "call_async", spy_call)
 
     @uow.with_services(AsyncItemService)
     async def create(request: Request, items: AsyncItemService) -> Response:
@@ -227,7 +226,7 @@ def test_starlette_sync_endpoint_decides_as_the_general_path(web_sqlite: Web) ->
         for fn in own:
             plan = fn.__uow_plan__
             direct = _outcome_sync(lambda fn=fn: fn(request))
-            general = _outcome_sync(lambda plan=plan: _inject.call_sync(plan, (request,), {}))
+            general = _outcome_sync(lambda plan=plan: _calling.call_sync(plan, (request,), {}))
             pairs.append((plan.spec.propagation.value, plan.spec.read_only, plan.spec.isolation_level, direct, general))
         results["own"] = pairs
         return JSONResponse({"ok": True})
