@@ -53,7 +53,8 @@ def all_cases() -> list[Case]:
 
 
 def uow_source() -> dict[str, str | None]:
-    """Which uow the run measured: its directory and, when that is in a git checkout, the commit (``+`` if modified)."""
+    """Which uow the run measured: its directory and, in a git checkout, the last commit that changed it (``+``
+    when it has changes not committed), so a branch whose commits touch only benchmarks/ names main's commit."""
     import subprocess
 
     import uow
@@ -61,7 +62,7 @@ def uow_source() -> dict[str, str | None]:
     where = Path(uow.__file__).resolve().parent
     try:
         commit = subprocess.run(
-            ["git", "-C", str(where), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+            ["git", "-C", str(where), "log", "-1", "--format=%h", "--", "."], capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(where), "status", "--porcelain", "--", "."], capture_output=True, text=True, check=True
