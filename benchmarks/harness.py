@@ -422,8 +422,9 @@ def _target_cell(check: dict[str, Any] | None) -> str:
 def markdown(report: dict[str, Any]) -> str:
     """The ratio tables of a results.json, for benchmarks/README.md (ratios only: absolute times vary by machine)."""
     m = report["machine"]
+    measured = f"uow {_label(report, 'of an unnamed commit')}; "
     lines = [
-        f"Machine: {m['cpu']}, {m['nproc']} CPUs (`nproc`), {m['implementation']} {m['python']}; "
+        f"{measured}Machine: {m['cpu']}, {m['nproc']} CPUs (`nproc`), {m['implementation']} {m['python']}; "
         f"{report['rounds']} rounds, clock: {report['clock']}.",
     ]
     for case in report["cases"]:
