@@ -410,7 +410,8 @@ def _compare_cell(case: dict[str, Any] | None, name: str) -> str:
     v = next((v for v in case["variants"] if v["name"] == name), None)
     if v is None:
         return "n/a"
-    return f"{v['ratio']:.3f} ({v['overhead_us']:+.2f} µs)"
+    cost = v["overhead_us"] / 1e6
+    return f"{v['ratio']:.3f} ({'+' if cost >= 0 else ''}{_us(cost)} µs)"
 
 
 def _target_cell(check: dict[str, Any] | None) -> str:
