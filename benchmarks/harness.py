@@ -347,11 +347,85 @@ def as_json(case_results: list[CaseResult], options: Options, targets: list[dict
     }
 
 
+def results_from_json(report: dict[str, Any]) -> list[CaseResult]:
+    """The case results of a results.json, as far as the JSON keeps them (no samples): to judge an earlier
+    run against the targets as they are now."""
+    case_results = []
+    for case in report["cases"]:
+        shell = Case(case["key"], case["title"], "", measured_elsewhere, False, case["number"], case["per"])
+        results = []
+        for v in case["variants"]:
+            r = Result(v["name"], v["baseline"], v["kind"], [], [])
+            r.median, r.min, r.max = v["median_us"] / 1e6, v["min_us"] / 1e6, v["max_us"] / 1e6
+            r.other_median, r.ratio, r.overhead = v["other_clock_median_us"] / 1e6, v["ratio"], v["overhead_us"] / 1e6
+            results.append(r)
+        case_results.append(CaseResult(shell, results, case["notes"], case["skipped"], dict(case["metrics"])))
+    return case_results
+
+
+def _label(report: dict[str, Any], fallback: str) -> str:
+    uow = report.get("uow") or {}
+    return str(uow.get("commit") or fallback)
+
+
+def compare_markdown(
+    before: dict[str, Any], after: dict[str, Any], targets: Callable[[list[CaseResult]], list[dict[str, Any]]]
+) -> str:
+    """Two runs side by side (the before/after table of benchmarks/README.md): every variant's ratio and
+    cost over its baseline, then every target, both runs judged by `targets` (the targets as they are now)."""
+    names = _label(before, "before"), _label(after, "after")
+    lines = [
+        f"Before: {names[0]}, {before['rounds']} rounds, clock: {before['clock']}; "
+        f"after: {names[1]}, {after['rounds']} rounds, clock: {after['clock']}. "
+        "Ratio: median over rounds of (variant / baseline in the same round); +µs: median cost over the baseline.",
+        "",
+        f"| case | variant | vs | before ({names[0]}) | after ({names[1]}) |",
+        "|---|---|---|---:|---:|",
+    ]
+    runs = [{c["key"]: c for c in report["cases"]} for report in (before, after)]
+    keys = list(runs[0]) + [key for key in runs[1] if key not in runs[0]]
+    for key in keys:
+        cases = [run.get(key) for run in runs]
+        variants: dict[str, str] = {}
+        for case in cases:
+            for v in (case or {}).get("variants", []):
+                if v["name"] != v["baseline"]:
+                    variants.setdefault(v["name"], v["baseline"])
+        for name, baseline in variants.items():
+            cells = [_compare_cell(case, name) for case in cases]
+            lines.append(f"| {key} | {name} | {baseline} | {cells[0]} | {cells[1]} |")
+    judged = [{(t["case"], t["target"]): t for t in targets(results_from_json(report))} for report in (before, after)]
+    lines += ["", f"| target | before ({names[0]}) | after ({names[1]}) |", "|---|---|---|"]
+    for check in list(judged[0]) + [check for check in judged[1] if check not in judged[0]]:
+        cells = [_target_cell(run.get(check)) for run in judged]
+        lines.append(f"| {check[0]}: {check[1]} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def _compare_cell(case: dict[str, Any] | None, name: str) -> str:
+    if case is None:
+        return "n/a"
+    if case["skipped"]:
+        return "skipped"
+    v = next((v for v in case["variants"] if v["name"] == name), None)
+    if v is None:
+        return "n/a"
+    cost = v["overhead_us"] / 1e6
+    return f"{v['ratio']:.3f} ({'+' if cost >= 0 else ''}{_us(cost)} µs)"
+
+
+def _target_cell(check: dict[str, Any] | None) -> str:
+    if check is None:
+        return "n/a"
+    return f"{check['detail']}: {'met' if check['met'] else '**missed**'}"
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The ratio tables of a results.json, for benchmarks/README.md (ratios only: absolute times vary by machine)."""
     m = report["machine"]
+    measured = f"uow {_label(report, 'of an unnamed commit')}; "
     lines = [
-        f"Machine: {m['cpu']}, {m['nproc']} CPUs (`nproc`), {m['implementation']} {m['python']}; "
+        f"{measured}Machine: {m['cpu']}, {m['nproc']} CPUs (`nproc`), {m['implementation']} {m['python']}; "
         f"{report['rounds']} rounds, clock: {report['clock']}.",
     ]
     for case in report["cases"]:

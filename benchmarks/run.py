@@ -20,7 +20,17 @@ if str(ROOT) not in sys.path:
 if importlib.util.find_spec("uow") is None:  # a fresh clone run without installing: use the source tree
     sys.path.insert(0, str(ROOT / "src"))
 
-from benchmarks.harness import Case, CaseResult, Options, as_json, markdown, run_case, table  # noqa: E402
+from benchmarks.harness import (  # noqa: E402
+    Case,
+    CaseResult,
+    Options,
+    as_json,
+    compare_markdown,
+    markdown,
+    results_from_json,
+    run_case,
+    table,
+)
 
 DEFAULT_JSON = ROOT / "benchmarks" / "results.json"
 
@@ -40,6 +50,26 @@ def all_cases() -> list[Case]:
         *server.CASES,
         *imports.CASES,
     ]
+
+
+def uow_source() -> dict[str, str | None]:
+    """Which uow the run measured: its directory and, in a git checkout, the last commit that changed it (``+``
+    when it has changes not committed), so a branch whose commits touch only benchmarks/ names main's commit."""
+    import subprocess
+
+    import uow
+
+    where = Path(uow.__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(where), "log", "-1", "--format=%h", "--", "."], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(where), "status", "--porcelain", "--", "."], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return {"path": str(where), "commit": None}
+    return {"path": str(where), "commit": commit + ("+" if dirty else "")}
 
 
 def missing_modules(case: Case) -> list[str]:
@@ -89,7 +119,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--json", type=Path, default=DEFAULT_JSON, help=f"where to write results (default {DEFAULT_JSON})"
     )
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
-    parser.add_argument("--markdown", type=Path, help="print the ratio tables of an earlier results.json and exit")
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        nargs="+",
+        metavar="RESULTS_JSON",
+        help="print the ratio tables of an earlier results.json and exit; given two (before, after): "
+        "the before/after table of both, judged by the targets as they are now",
+    )
     parser.add_argument(
         "--profile", action="store_true", help="profile the run with pyinstrument and print where time goes"
     )
@@ -99,7 +136,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     if args.markdown:
-        print(markdown(json.loads(args.markdown.read_text(encoding="utf-8"))))
+        reports = [json.loads(path.read_text(encoding="utf-8")) for path in args.markdown]
+        if len(reports) > 2:
+            print("--markdown takes one results.json, or two to compare (before, after)", file=sys.stderr)
+            return 2
+        from benchmarks.targets import evaluate
+
+        if len(reports) == 2:
+            print(compare_markdown(reports[0], reports[1], evaluate))
+        else:  # judged by the targets as they are now, as the two-run table is
+            print(markdown({**reports[0], "targets": evaluate(results_from_json(reports[0]))}))
         return 0
     cases = all_cases()
     if args.list:
@@ -125,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(render(targets))
     report: dict[str, Any] = as_json(results, options, targets)
+    report["uow"] = uow_source()
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"\nwrote {args.json}")

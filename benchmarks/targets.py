@@ -6,10 +6,13 @@ from typing import Any
 
 from benchmarks.harness import CaseResult, Result
 
-UNIT_TOLERANCE = 1.02  # a decorated unit within 2% of the hand-written one
-DISPATCH_BUDGET_US = 2.0  # uow's own cost per joined call
-DEPTH_FLATNESS = 1.5  # per-call cost 20 deep at most this times the cost 1 deep
-PER_SERVICE_BUDGET_US = 1.0  # uow's own cost for each extra injected service
+# The goals of issue 12 ("Performance: a decorated unit indistinguishable from hand-written code").
+UNIT_TOLERANCE = 1.01  # an owning unit within 1% of the hand-written one (aiosqlite, psycopg, asyncpg)
+UNIT_TOLERANCE_BY_CASE = {"unit-sync-sqlite": 1.02}  # in-memory SQLite, the most sensitive case: within 2%
+DISPATCH_BUDGET_US = 0.8  # uow's own cost per joined call, at most
+DISPATCH_REFERENCE = "functools.wraps decorator"  # and no more than the smallest hand-written decorator costs
+DEPTH_FLATNESS = 1.2  # per-call cost 20 deep at most this times the cost 1 deep
+PER_SERVICE_BUDGET_US = 0.5  # uow's own cost for each extra injected service, under this
 WEB_TOLERANCE = 1.01  # a decorated route within 1% of the hand-written one, in-process
 SERVER_RPS_FLOOR = 0.99  # real server: requests/s at least 99% of the hand-written route's
 SERVER_CPU_TOLERANCE = 1.01  # real server: server CPU per request within 1%
@@ -52,24 +55,45 @@ def _check(case: str, target: str, detail: str, met: bool) -> dict[str, Any]:
 def _unit_checks(key: str, results: list[Result]) -> list[dict[str, Any]]:
     control = next((r for r in results if r.kind == "control"), None)
     noise = f"; A/A control {control.ratio:.3f}" if control is not None else ""
+    tolerance = UNIT_TOLERANCE_BY_CASE.get(key, UNIT_TOLERANCE)
     return [
-        _check(key, f"{r.name} within 2% of {r.baseline}", f"ratio {r.ratio:.3f}{noise}", r.ratio <= UNIT_TOLERANCE)
+        _check(
+            key,
+            f"{r.name} within {tolerance - 1:.0%} of {r.baseline}",
+            f"ratio {r.ratio:.3f}{noise}",
+            r.ratio <= tolerance,
+        )
         for r in results
         if r.kind == "uow"
     ]
 
 
 def _dispatch_checks(key: str, results: list[Result]) -> list[dict[str, Any]]:
-    return [
-        _check(
-            key,
-            f"{r.name}: under {DISPATCH_BUDGET_US:g} µs per call over {r.baseline}",
-            f"+{r.overhead * 1e6:.2f} µs",
-            r.overhead * 1e6 < DISPATCH_BUDGET_US,
+    checks = []
+    reference = next((r for r in results if r.name == DISPATCH_REFERENCE), None)
+    for r in results:
+        if r.kind != "uow":
+            continue
+        cost = r.overhead * 1e6
+        checks.append(
+            _check(
+                key,
+                f"{r.name}: at most {DISPATCH_BUDGET_US:g} µs per call over {r.baseline}",
+                f"+{cost:.2f} µs",
+                cost <= DISPATCH_BUDGET_US,
+            )
         )
-        for r in results
-        if r.kind == "uow"
-    ]
+        if reference is not None and reference.baseline == r.baseline:
+            theirs = reference.overhead * 1e6
+            checks.append(
+                _check(
+                    key,
+                    f"{r.name}: costs no more over {r.baseline} than the {reference.name}",
+                    f"+{cost:.2f} µs vs +{theirs:.2f} µs",
+                    cost <= theirs,
+                )
+            )
+    return checks
 
 
 def _ahead_checks(key: str, results: list[Result]) -> list[dict[str, Any]]:
@@ -99,7 +123,7 @@ def _services_check(results: list[Result]) -> dict[str, Any]:
     detail = ", ".join(f"{n}: +{v:.2f} µs" for n, v in sorted(by_count.items())) + f"; {slope:.2f} µs per extra service"
     return _check(
         "scale-services",
-        f"cost grows at most linearly, under {PER_SERVICE_BUDGET_US:g} µs per extra service",
+        f"cost grows at most linearly, under {PER_SERVICE_BUDGET_US:g} µs per extra service (least-squares slope)",
         detail,
         slope < PER_SERVICE_BUDGET_US,
     )
