@@ -201,7 +201,7 @@ def test_a_joiner_with_a_shorter_timeout_ends_first_and_dooms_the_unit(db: uow.D
         except uow.UnitTimeoutError as error:
             assert error.what.endswith("inner()")
         # The joiner has left: the deadline in force is the owner's again (30 s away).
-        assert items.session.info["uow_deadline"].what.endswith("outer()")
+        assert items.session.info["uow_deadline"].label.endswith("outer()")
 
     started = time.monotonic()
     with pytest.raises(uow.RollbackOnlyError):
@@ -428,7 +428,7 @@ async def test_async_context_managers_and_joiners_keep_the_earlier_deadline(adb:
             with pytest.raises(uow.UnitTimeoutError) as caught:
                 await short()
             assert caught.value.what.endswith("short()")
-            assert items.session.info["uow_deadline"].what.startswith("provide_services(")
+            assert items.session.info["uow_deadline"].label.startswith("provide_services(")
     assert await names_async(adb) == []
 
 

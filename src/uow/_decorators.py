@@ -285,7 +285,7 @@ class _ServicesDecorator:
         self.retry = retry
         self.timeout = timeout
         self.name = name
-        parse_timeout(timeout, what=f"@{name}(...)")  # refused here already, before a function is decorated
+        parse_timeout(timeout, label=f"@{name}(...)")  # refused here already, before a function is decorated
         self.events = events
 
     def __call__(self, fn: Any, /) -> Any:
@@ -337,7 +337,7 @@ class UnitOfWork:
             read_only=read_only,
             isolation_level=isolation_level,
             label="unit_of_work()",
-            timeout=parse_timeout(timeout, what="unit_of_work()"),
+            timeout=parse_timeout(timeout, label="unit_of_work()"),
             **events,
         )
 
@@ -538,7 +538,7 @@ class ServicesContext(UnitRun, Generic[T]):
                 read_only=read_only,
                 isolation_level=isolation_level,
                 label=label,
-                timeout=None if timeout is None else parse_timeout(timeout, what=label),
+                timeout=None if timeout is None else parse_timeout(timeout, label=label),
                 **events,
             ),
         )

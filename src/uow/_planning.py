@@ -239,7 +239,7 @@ def plan_function(
         read_only=read_only,
         isolation_level=isolation_level,
         label=label,
-        timeout=parse_timeout(timeout, what=label),
+        timeout=parse_timeout(timeout, label=label),
         **events,
     )
     retry_policy = parse_retry(retry, label=label)

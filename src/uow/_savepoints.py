@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from uow._database import forget_savepoint_end, savepoint_end, track_savepoint_ends
 from uow._failures import is_interrupt, note_secondary
+from uow._retry import sqlstate
 from uow._transaction import Outcome, rollback_only_error
 from uow.errors import RollbackOnlyError
 
@@ -187,9 +188,8 @@ def _refused_after_a_swallowed_error(failure: BaseException) -> bool:
     for _ in range(3):  # SQLAlchemy's error, the driver's (or its async adapter's), what that came from
         if error is None:
             return False
-        for attribute in ("sqlstate", "pgcode"):  # asyncpg and psycopg 3 / psycopg2
-            if getattr(error, attribute, None) == _FAILED_TRANSACTION_SQLSTATE:
-                return True
+        if sqlstate(error) == _FAILED_TRANSACTION_SQLSTATE:
+            return True
         orig = getattr(error, "orig", None)
         error = orig if isinstance(orig, BaseException) else error.__cause__
     return False

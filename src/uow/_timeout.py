@@ -54,18 +54,18 @@ _CANCEL_GRACE = 0.1  # seconds an interrupted async statement has to fail before
 _STATEMENTS = ("SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "REPLACE")
 
 
-def parse_timeout(value: object, *, what: str) -> float | None:
+def parse_timeout(value: object, *, label: str) -> float | None:
     """`value` as seconds, or a `ConfigurationError` (decoration time) saying what a timeout must be."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigurationError(
-            f"{what}: timeout= needs a number of seconds (int or float), got {type(value).__name__} {value!r}"
+            f"{label}: timeout= needs a number of seconds (int or float), got {type(value).__name__} {value!r}"
         )
     seconds = float(value)
     if not math.isfinite(seconds) or seconds <= 0:
         raise ConfigurationError(
-            f"{what}: timeout= must be a positive, finite number of seconds, got {value!r}; "
+            f"{label}: timeout= must be a positive, finite number of seconds, got {value!r}; "
             "leave it unset (None) for no deadline"
         )
     return seconds
@@ -82,16 +82,16 @@ class Deadline:
         "done",
         "expired",
         "info",
+        "label",
         "owner",
         "passive",
         "previous",
         "seconds",
         "started",
-        "what",
     )
 
-    def __init__(self, what: str, seconds: float, *, owner: bool) -> None:
-        self.what = what
+    def __init__(self, label: str, seconds: float, *, owner: bool) -> None:
+        self.label = label
         self.seconds = seconds
         self.started = time.monotonic()
         self.at = self.started + seconds
@@ -111,9 +111,9 @@ class Deadline:
     def error(self) -> UnitTimeoutError:
         elapsed = time.monotonic() - self.started
         return UnitTimeoutError(
-            f"the unit of work {self.what} ran out of time: timeout={self.seconds:g}s, stopped after "
+            f"the unit of work {self.label} ran out of time: timeout={self.seconds:g}s, stopped after "
             f"{elapsed:.3f}s; its work was rolled back. Give it a larger timeout=, or do less in one unit",
-            what=self.what,
+            what=self.label,
             timeout=self.seconds,
             elapsed=elapsed,
         )
@@ -262,14 +262,14 @@ def _interrupt(connection: Connection) -> bool:
 # -- the session and its connections -------------------------------------------------------
 
 
-def start_deadline(seconds: float, what: str, session: Session | AsyncSession, *, is_async: bool) -> Deadline:
+def start_deadline(seconds: float, label: str, session: Session | AsyncSession, *, is_async: bool) -> Deadline:
     """Give a joining (or caller-owned) session the earlier of its deadline and `seconds` from now.
 
     A joiner whose deadline is not the earlier one changes nothing: the deadline in force stays, and
     so do its alarm and the unit it names (`leave` then hands back what the joiner raised, as is).
     """
     previous: Deadline | None = session.info.get(_DEADLINE_KEY)
-    deadline = Deadline(what, seconds, owner=False)
+    deadline = Deadline(label, seconds, owner=False)
     if previous is not None and previous.at <= deadline.at:
         deadline.done = deadline.passive = True
         return deadline
