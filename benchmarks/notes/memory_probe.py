@@ -1,6 +1,6 @@
 """Where the bytes of one in-flight unit go: uow's held unit against the hand-written one (benchmarks/concurrency.py's units).
 
-PYTHONPATH=<tree>/src .venv/bin/python notes/memory_probe.py [--db asyncpg|aiosqlite] [--level N] [--top K] [--frames F]
+PYTHONPATH=<tree>/src .venv/bin/python benchmarks/notes/memory_probe.py [--db asyncpg|aiosqlite] [--level N] [--top K] [--frames F]
 Prints bytes per unit of each variant (the benchmark's measurement) and, from snapshots,
 the allocations per unit by the line that made them (by the innermost frame in src/uow or the
 benchmark, else the innermost frame), uow minus hand-written.
@@ -16,7 +16,7 @@ import tracemalloc
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent  # the repository (this file is in notes/)
+ROOT = Path(__file__).resolve().parents[2]  # the repository (this file is in benchmarks/notes/)
 sys.path.insert(0, str(ROOT))
 
 from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
