@@ -1,6 +1,6 @@
 """Memory per unit parked at the start of AsyncSession.commit (uow: inside its ending, the `_to_completion` task)."""
 import asyncio, gc, sys, tracemalloc
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from benchmarks.common import Base, async_factory, postgres_database
 from benchmarks.concurrency import Gate, units
