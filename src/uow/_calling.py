@@ -559,7 +559,9 @@ def _async_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
                 values = {**kwargs, **values}
             if len(args) > layout_after:
                 args, values = layout(plan, args, values, {})
-            result = await fn(*args, **values)
+            call = fn(*args, **values)
+            del values  # the call holds what it needs: no dict kept while the unit is in flight
+            result = await call
         except BaseException as exc:
             await exit_async(unit, exc)
             raise

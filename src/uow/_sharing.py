@@ -19,7 +19,7 @@ import asyncio
 import logging
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from uow._failures import finished_error
@@ -98,7 +98,7 @@ def enter_foreign(spec: UnitSpec, frame: Frame) -> ForeignJoin | None:
             raise finished_error(tx)
         _refuse_if_taken(spec, tx, holder=frame.owner, me=me)
         joined = ForeignJoin(me, spec.label)
-        tx.inside.append(joined)
+        tx.inside = [*tx.inside, joined]  # a new list: `inside` starts as the empty tuple (see Transaction)
     return joined
 
 
@@ -132,11 +132,11 @@ def leave_foreign(unit: ActiveUnit) -> PropagationError | None:
     with lock:
         inside = prune(tx)
         if inside and inside[-1] is joined:
-            inside.pop()
+            tx.inside = inside[:-1]
         elif joined in inside:
             # Something that joined through this unit is still running after it: the unit is doomed.
             tx.root.rollback_only = True
-            inside.remove(joined)
+            tx.inside = [j for j in inside if j is not joined]
     if _task_finished(joined.user):
         return None  # left open by a task that has finished (a generator dependency): nobody used it meanwhile
     if tx.finished:
@@ -153,7 +153,7 @@ def _task_finished(user: object) -> bool:
     return isinstance(user, asyncio.Task) and user.done()
 
 
-def prune(tx: Transaction) -> list[ForeignJoin]:
+def prune(tx: Transaction) -> Sequence[ForeignJoin]:
     """`tx.inside` without the joins whose task has finished.
 
     A task can finish while a unit it entered is still open: a framework resolves a generator
@@ -163,7 +163,7 @@ def prune(tx: Transaction) -> list[ForeignJoin]:
     """
     inside = tx.inside
     if inside and any(_task_finished(joined.user) for joined in inside):
-        inside[:] = [joined for joined in inside if not _task_finished(joined.user)]
+        tx.inside = inside = [joined for joined in inside if not _task_finished(joined.user)]
     return inside
 
 

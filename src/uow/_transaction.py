@@ -31,7 +31,7 @@ import contextvars
 import enum
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from threading import get_ident
 from typing import TYPE_CHECKING, Any, Union
 
@@ -154,14 +154,16 @@ class Transaction:
             isinstance(session, AsyncSession) if session is not None else bool(database and database.is_async)
         )
         self.root = Block(None, None)
-        self.hooks: list[tuple[Hook, Block, int]] = []
+        # No list until a hook is registered (or a join comes from another task): most units have neither,
+        # and the empty tuple is a singleton, where each empty list would be 56 bytes per unit in flight.
+        self.hooks: Sequence[tuple[AnyHook, Block, int]] = ()
         self.unknown = False  # COMMIT failed in a way that leaves its result unknown (a dropped connection)
         self.finished = False
         if session is not None and owned:
             guard(session, self)
         # Who uses the session across tasks/threads (see "One task at a time" below): the units that
         # joined from another task and are still running, innermost last; and who is in a statement.
-        self.inside: list[ForeignJoin] = []
+        self.inside: Sequence[ForeignJoin] = ()
         self.busy: object = None
         # Ended while a joined unit was in a statement on the session: the last of those to leave closes it.
         self.abandoned = False
@@ -514,7 +516,7 @@ class Transaction:
                 )
             _attach_to_caller_session(self, callback)
             return
-        self.hooks.append((callback, block, phase))
+        self.hooks = [*self.hooks, (callback, block, phase)]
 
     def drop_hooks_within(self, block: Block) -> list[tuple[AnyHook, Block, int]]:
         """Forget the hooks registered in `block` or inside it (it rolled back); those that were dropped."""
@@ -569,10 +571,10 @@ class Transaction:
             pop_frame(token)
         return None
 
-    def run_hooks_sync(self, outcome: Outcome, hooks: list[tuple[AnyHook, Block, int]] | None = None) -> None:
+    def run_hooks_sync(self, outcome: Outcome, hooks: Sequence[tuple[AnyHook, Block, int]] | None = None) -> None:
         """Run the hooks due after `outcome` (all the unit's, or `hooks`): a failing one is logged."""
         if hooks is None:
-            hooks, self.hooks = self.hooks, []
+            hooks, self.hooks = self.hooks, ()
         for callback, phase in _due(hooks, outcome):
             try:
                 result = callback(outcome) if phase == AFTER_COMPLETION else callback()
@@ -585,9 +587,11 @@ class Transaction:
             except Exception:
                 logger.exception("%s hook %s failed", PHASE_NAMES[phase], name_of(callback))
 
-    async def run_hooks_async(self, outcome: Outcome, hooks: list[tuple[AnyHook, Block, int]] | None = None) -> None:
+    async def run_hooks_async(
+        self, outcome: Outcome, hooks: Sequence[tuple[AnyHook, Block, int]] | None = None
+    ) -> None:
         if hooks is None:
-            hooks, self.hooks = self.hooks, []
+            hooks, self.hooks = self.hooks, ()
         for callback, phase in _due(hooks, outcome):
             try:
                 result = callback(outcome) if phase == AFTER_COMPLETION else callback()
@@ -597,7 +601,7 @@ class Transaction:
                 logger.exception("%s hook %s failed", PHASE_NAMES[phase], name_of(callback))
 
 
-def _due(hooks: list[tuple[AnyHook, Block, int]], outcome: Outcome) -> list[tuple[AnyHook, int]]:
+def _due(hooks: Sequence[tuple[AnyHook, Block, int]], outcome: Outcome) -> list[tuple[AnyHook, int]]:
     """The hooks to run after `outcome`, in order: on_commit (or on_rollback) ones, then on_completion ones.
 
     Handed to `uow.testing`'s capture instead when one is active (then nothing is left to run here).
