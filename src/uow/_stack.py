@@ -49,7 +49,9 @@ The steps one call of ``@with_services(UserService) def register(users, email)``
    (`uow._dialect.new_session`, read-only and isolation options, the timeout's watch) and guards
    it (`uow._ownership`); the services are built on it.
 5. **User code** runs. `current_session`, `on_commit` and friends (`uow._ambient`) find this frame.
-6. **Exit decision**: `exit_sync(unit, exc)`. BEGIN finishes the transaction; the others go through
+6. **Exit decision**: the general path first ends through a `uow._calling.UnitRun` (`settle`
+   decides which error the unit ends with, then the generator providers are finished); then
+   `exit_sync(unit, exc)`. BEGIN finishes the transaction; the others go through
    `_leave` (pop the frame; a failed JOIN marks the shared block rollback-only; EXTERNAL leaves the
    caller's session alone), then a savepoint is ended (`uow._savepoints.exit_savepoint_sync`) or a
    foreign join handed back (`_exit_foreign_sync`).
@@ -60,8 +62,8 @@ The steps one call of ``@with_services(UserService) def register(users, email)``
    ``on_completion`` hooks due after the `Outcome`.
 
 A request unit takes the same steps with the integration as the owner: the ASGI middleware or the
-Flask extension makes one lazy `Transaction` per request, pushes its frame (`push_transaction`),
-and finishes it when the response starts.
+Flask extension makes one lazy `Transaction` per request (`uow._request_unit.RequestUnit`), pushes
+its frame (`push_transaction`), and finishes it when the response starts.
 """
 
 from __future__ import annotations
