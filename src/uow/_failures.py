@@ -35,7 +35,7 @@ def mismatch_error(label: str, database: Database, *, function_is_async: bool) -
     if function_is_async:
         return ConfigurationError(
             f"{label} is async but {database!r} is sync: use an async driver URL "
-            "(sqlite+aiosqlite://, postgresql+asyncpg://, mysql+aiomysql://) or make the function a plain def"
+            "(sqlite+aiosqlite://, postgresql+asyncpg://, mysql+aiomysql://) or make the function a plain 'def'"
         )
     return ConfigurationError(
         f"{label} is sync but {database!r} is async: make the function 'async def' "
