@@ -21,11 +21,10 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 
+import uow  # noqa: E402
 from benchmarks.common import Base, async_factory, postgres_database  # noqa: E402
 from benchmarks.concurrency import Gate, units  # noqa: E402
 from uow import Database  # noqa: E402
-
-import uow  # noqa: E402
 
 print("uow from", uow.__file__, file=sys.stderr)
 
@@ -47,6 +46,11 @@ async def held_snapshot(held, level, frames):
     return (during_bytes - before_bytes) / level, snap0, snap1
 
 
+def _short(frame: tracemalloc.Frame) -> str:
+    """`dir/file.py:line` of a traceback frame."""
+    return "/".join(frame.filename.split("/")[-2:]) + f":{frame.lineno}"
+
+
 def attribute(snap0, snap1, level):
     """bytes and count per unit by the chosen frame of each allocation's traceback."""
     out: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
@@ -61,14 +65,13 @@ def attribute(snap0, snap1, level):
                 break
         if chosen is None:
             chosen = frames[0]
-        short = lambda fr: "/".join(fr.filename.split("/")[-2:]) + f":{fr.lineno}"
-        key = short(frames[0]) if MODE == "inner" else f"{short(chosen)}  [{short(frames[0])}]"
+        key = _short(frames[0]) if MODE == "inner" else f"{_short(chosen)}  [{_short(frames[0])}]"
         out[key][0] += st.size_diff / level
         out[key][1] += st.count_diff / level
     return out
 
 
-MODE = 'inner'
+MODE = "inner"
 
 
 async def main() -> None:
@@ -124,7 +127,9 @@ async def main() -> None:
                 vals.append((d - b) / a.level)
             plain[name] = min(vals)
         hw, ours = plain["hand-written"], plain["@with_services"]
-        print(f"bytes per unit: hand-written {hw:,.0f}  @with_services {ours:,.0f}  ratio {ours / hw:.3f}  (+{ours - hw:,.0f})")
+        print(
+            f"bytes per unit: hand-written {hw:,.0f}  @with_services {ours:,.0f}  ratio {ours / hw:.3f}  (+{ours - hw:,.0f})"
+        )
         base = results["hand-written"][1]
         mine = results["@with_services"][1]
         keys = set(base) | set(mine)
