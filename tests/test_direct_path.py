@@ -1,4 +1,4 @@
-"""The direct call path (`_inject._sync_wrapper` / `_async_wrapper`) behaves exactly like the general one.
+"""The direct call path (`uow._calling._sync_wrapper` / `_async_wrapper`) behaves exactly like the general one.
 
 A decorated call whose services are classes built from the session alone, with no retry, no
 override and no keyword uow takes for itself, skips the general path's bookkeeping. These
@@ -57,8 +57,8 @@ def test_a_joined_call_runs_few_python_functions(sqlite_db: uow.Database) -> Non
         handler()  # the first join of a unit sets up what later joins reuse
         calls = _python_calls(lambda: handler())
         assert handler().session is session
-    # the wrapper, the join check, ItemService.__init__ and the handler: no planning, no bookkeeping
-    assert calls <= 4, calls
+    # the wrapper (the join check is inline), ItemService.__init__ and the handler: nothing else
+    assert calls <= 3, calls
 
 
 def test_commits_on_return_and_rolls_back_on_raise(sqlite_db: uow.Database) -> None:
@@ -459,3 +459,139 @@ def test_propagation_names_parse_as_before() -> None:
     for bad in ("Required", "", None, [], 3):
         with pytest.raises(uow.ConfigurationError, match="unknown propagation"):
             _stack.parse_propagation(bad, label="u")  # type: ignore[arg-type]
+
+
+# -- joining: the wrappers' inline join joins exactly when `join_innermost` does ------------------
+
+
+def _entered_sync(enter: Any) -> tuple[Any, ...]:
+    """What entering decided, seen from inside the unit: whether it ran in the innermost unit's session,
+    whether it pushed a frame of its own, or the error it raised."""
+    frame = _stack.innermost_frame()
+    outer = frame.transaction.session if frame is not None else None
+    try:
+        session, inner = enter()
+    except uow.UowError as error:
+        return "raised", type(error)
+    return session is outer, inner is frame
+
+
+def _general_entry_sync(spec: _stack.UnitSpec) -> Any:
+    """`enter_sync` (the general path's entry, `_decide` behind `join_innermost`), left at once."""
+
+    def enter() -> tuple[Any, Any]:
+        unit, session = _stack.enter_sync(spec)
+        try:
+            return session, _stack.innermost_frame()
+        finally:
+            _stack.exit_sync(unit, None)
+
+    return enter
+
+
+def _enter_both_sync(probe: Any, spec: _stack.UnitSpec, seen: list[tuple[Any, ...]]) -> None:
+    """In another thread: no plain join there, and the wrapper enters as the general path does."""
+    if spec.required:
+        assert _stack.join_innermost(spec, False) is None
+    seen.append(_entered_sync(probe))
+    seen.append(_entered_sync(_general_entry_sync(spec)))
+
+
+def _check_sync_join(probe: Any, spec: _stack.UnitSpec) -> None:
+    joins = _stack.join_innermost(spec, False) is not None if spec.required else False
+    direct = _entered_sync(probe)
+    assert direct == _entered_sync(_general_entry_sync(spec)), (spec.propagation, direct)
+    if joins:
+        assert direct == (True, True), direct  # the plain join: the unit's session, no frame pushed
+
+
+@pytest.mark.parametrize("propagation", ["required", "nested", "requires_new", "mandatory"])
+@pytest.mark.parametrize("options", [{}, {"read_only": True}, {"isolation_level": "SERIALIZABLE"}])
+def test_the_inline_join_decides_what_join_innermost_decides(
+    sqlite_db: uow.Database, propagation: str, options: dict[str, Any]
+) -> None:
+    other = uow.Database("sqlite://")
+    try:
+        for database, configured in ((sqlite_db, None), (None, sqlite_db), (None, other), (other, sqlite_db)):
+            _default.database = configured  # the autouse fixture clears it again after the test
+            spec = _stack.UnitSpec(
+                database=database,
+                propagation=propagation,
+                read_only=bool(options.get("read_only")),
+                isolation_level=options.get("isolation_level"),
+                label="probe()",
+            )
+
+            @uow.with_services(ItemService, database=database, propagation=propagation, **options)
+            def probe(items: ItemService) -> tuple[Session, Any]:
+                return items.session, _stack.innermost_frame()
+
+            for outer_options in ({}, {"read_only": True}):
+                with uow.unit_of_work(database=sqlite_db, **outer_options) as session:
+                    session.connection()
+                    try:
+                        _check_sync_join(probe, spec)
+                    except uow.UowError:  # `join_innermost` refuses: so must both entries
+                        with pytest.raises(uow.UowError):
+                            probe()
+                        with pytest.raises(uow.UowError):
+                            _general_entry_sync(spec)()
+                    frame = _stack.innermost_frame()
+                    assert frame is not None
+                    # The same unit seen from another thread: no plain join, whatever the options.
+                    seen: list[tuple[Any, ...]] = []
+                    context = contextvars.copy_context()
+                    thread = threading.Thread(target=context.run, args=(_enter_both_sync, probe, spec, seen))
+                    thread.start()
+                    thread.join()
+                    assert len(seen) == 2 and seen[0] == seen[1] and seen[0] != (True, True), seen
+                    # A unit that has finished (a request unit after its commit) is not joined either.
+                    frame.transaction.finished = True
+                    try:
+                        assert _stack.join_innermost(spec, False) is None
+                        assert _entered_sync(probe) == _entered_sync(_general_entry_sync(spec))
+                    finally:
+                        frame.transaction.finished = False
+    finally:
+        other.dispose()
+
+
+async def test_the_async_inline_join_decides_what_join_innermost_decides(async_sqlite_db: uow.Database) -> None:
+    import asyncio
+
+    spec = _stack.UnitSpec(
+        database=async_sqlite_db, propagation="required", read_only=False, isolation_level=None, label="probe()"
+    )
+
+    @uow.with_services(AsyncItemService, database=async_sqlite_db)
+    async def probe(items: AsyncItemService) -> tuple[Any, Any]:
+        return items.session, _stack.innermost_frame()
+
+    async with uow.unit_of_work(database=async_sqlite_db) as session:
+        frame = _stack.innermost_frame()
+        assert _stack.join_innermost(spec, True) is not None
+        assert await probe() == (session, frame)  # the plain join: no frame of its own
+        # From a task started inside the unit: `join_innermost` hands it to the full decision, and so
+        # does the wrapper (the task's join is admitted as a join from elsewhere, with a frame of its own).
+        assert await asyncio.create_task(_no_plain_join(spec)) is None
+        joined_session, inner = await asyncio.create_task(probe())
+        assert joined_session is session and inner is not frame
+        # A unit that has finished (a request unit after its commit) is not joined: a unit of its own.
+        assert frame is not None
+        frame.transaction.finished = True
+        try:
+            assert _stack.join_innermost(spec, True) is None
+            own_session, inner = await probe()
+            assert own_session is not session and inner is not frame
+        finally:
+            frame.transaction.finished = False
+    # Read-only outer unit, read-write probe: both refuse.
+    async with uow.unit_of_work(database=async_sqlite_db, read_only=True):
+        with pytest.raises(PropagationError):
+            _stack.join_innermost(spec, True)
+        with pytest.raises(PropagationError):
+            await probe()
+
+
+async def _no_plain_join(spec: _stack.UnitSpec) -> Any:
+    return _stack.join_innermost(spec, True)

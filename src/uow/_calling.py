@@ -4,9 +4,9 @@
   function's name, `__wrapped__`, the visible `__signature__` and `__annotations__`.
 - The wrappers (`_sync_wrapper`, `_async_wrapper`) take the direct path when the plan allows it
   (`FunctionPlan.build_on_session`) and the call passes nothing that changes the unit: join the
-  innermost unit (`join_innermost`, or `join_request` for the request a connection parameter
-  points at) or begin one (`begin_sync`), build the services, run, exit. Written out inline:
-  every call pays for each frame.
+  innermost unit (`join_innermost`'s comparisons, made inline, or `join_request` for the request a
+  connection parameter points at) or begin one (`begin_sync`), build the services, run, exit.
+  Written out inline: every call pays for each frame.
 - Otherwise the general path, `call_sync` / `call_async`: take the caller's ``session=``,
   ``connection=`` and services out (`_pop_caller_keywords`), run one attempt (`_attempt_sync`) or
   the retry loop around attempts (`_retry_sync`, when `_can_retry`).
@@ -24,9 +24,11 @@ import inspect
 import logging
 import time
 from collections.abc import Callable, Sequence
+from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
 from uow import _observe
+from uow._database import _default
 from uow._failures import is_interrupt, note_secondary
 from uow._planning import (
     PLAN_ATTRIBUTE,
@@ -48,22 +50,24 @@ from uow._providers import (
 )
 from uow._request_unit import find_connection, resolve_connection
 from uow._retry import describe_error
+from uow._sharing import task_on
 from uow._stack import (
     ActiveUnit,
     Propagation,
     UnitSpec,
     begin_async,
     begin_sync,
+    check_join,
+    current_frame,
     enter_async,
     enter_sync,
     exit_async,
     exit_sync,
     find_frame,
-    join_innermost,
     join_request,
 )
 from uow._timeout import Deadline, begin_deadline
-from uow._transaction import Transaction
+from uow._transaction import Block, Transaction
 from uow.errors import InjectionError
 
 if TYPE_CHECKING:
@@ -468,7 +472,9 @@ def _spreading(wrapper: Callable[..., Any], plan: FunctionPlan, visible: int, ta
 # guard's `connection`): the general path reads that parameter and, when it points at a request unit
 # that has not finished, decides with ``request_tx=`` that unit. The wrappers take the same steps
 # directly when that unit is the innermost one (`join_request`: a plain join of it) or when the
-# parameter points at no unit (then `join_innermost` or `begin_*`); everything else goes the general way.
+# parameter points at no unit (then `join_innermost`'s comparisons, inline, or `begin_*`); everything
+# else goes the general way. A plain join that fails marks the joined block rollback-only, which is all
+# `exit_sync` / `exit_async` would do for it.
 
 
 def _sync_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
@@ -487,22 +493,41 @@ def _sync_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
     connection_name, connection_index = plan.connection_param if plan.connection_param is not None else ("", None)
     # The connection parameter is the function's own: passing it by keyword is the framework's doing.
     caller_names = plan.caller_names - {connection_name}
+    # What `join_innermost(spec, False)` reads of the spec, read once.
+    required, own_database, checks_isolation = spec.required, spec.database, spec.isolation_level is not None
 
     def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
         if (kwargs and not caller_names.isdisjoint(kwargs)) or current_overrides() is not None:
             return call_sync(plan, args, kwargs)
+        unit: ActiveUnit | None = None
+        tx: Transaction | None = None
+        block: Block | None = None
         request_tx = _own_connection_unit(connection_name, connection_index, args, kwargs) if has_connection else None
-        if request_tx is None:
-            joined = join_innermost(spec, False)
-        else:
+        if request_tx is not None:
             joined = join_request(spec, request_tx, False)
             if joined is None:
                 return call_sync(plan, args, kwargs)
+            tx, block = joined.transaction, joined.block
+        else:
+            # `join_innermost(spec, False)`, inline: the plain join of the innermost unit, or a begin.
+            frame = current_frame()
+            if frame is not None and required:
+                database = own_database if own_database is not None else _default.database
+                active = frame.transaction
+                if (
+                    frame.database is database
+                    and database is not None
+                    and not database.is_async
+                    and not active.finished
+                    and frame.owner == get_ident()
+                ):
+                    if active.read_only or checks_isolation:
+                        check_join(spec, active)
+                    tx, block = active, frame.block
         session: Any
-        if joined is None:
+        if tx is None:
             unit, session = begin_sync(spec)  # not `enter_sync`: the join was just ruled out
         else:
-            unit, tx = joined, joined.transaction
             session = tx.session if tx.session is not None else tx.open_sync()
         try:
             values = {sole_name: sole_cls(session)} if sole_cls is not None else build(session)
@@ -512,9 +537,12 @@ def _sync_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
                 args, values = layout(plan, args, values, {})
             result = fn(*args, **values)
         except BaseException as exc:
-            exit_sync(unit, exc)
+            if unit is None:
+                block.rollback_only = True  # type: ignore[union-attr]  # leaving a failed join: `exit_sync`, inline
+            else:
+                exit_sync(unit, exc)
             raise
-        if joined is None:  # leaving a plain join without an error does nothing (see exit_sync)
+        if unit is not None:  # leaving a plain join without an error does nothing (see exit_sync)
             exit_sync(unit, None)
         return result
 
@@ -536,22 +564,40 @@ def _async_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
     has_connection = plan.connection_param is not None
     connection_name, connection_index = plan.connection_param if plan.connection_param is not None else ("", None)
     caller_names = plan.caller_names - {connection_name}
+    required, own_database, checks_isolation = spec.required, spec.database, spec.isolation_level is not None
 
     async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
         if (kwargs and not caller_names.isdisjoint(kwargs)) or current_overrides() is not None:
             return await call_async(plan, args, kwargs)
+        unit: ActiveUnit | None = None
+        tx: Transaction | None = None
+        block: Block | None = None
         request_tx = _own_connection_unit(connection_name, connection_index, args, kwargs) if has_connection else None
-        if request_tx is None:
-            joined = join_innermost(spec, True)
-        else:
+        if request_tx is not None:
             joined = join_request(spec, request_tx, True)
             if joined is None:
                 return await call_async(plan, args, kwargs)
+            tx, block = joined.transaction, joined.block
+        else:
+            # `join_innermost(spec, True)`, inline: the plain join of the innermost unit, or a begin.
+            frame = current_frame()
+            if frame is not None and required:
+                database = own_database if own_database is not None else _default.database
+                active = frame.transaction
+                if (
+                    frame.database is database
+                    and database is not None
+                    and database.is_async
+                    and not active.finished
+                    and task_on(frame.loop) is frame.owner
+                ):
+                    if active.read_only or checks_isolation:
+                        check_join(spec, active)
+                    tx, block = active, frame.block
         session: Any
-        if joined is None:
+        if tx is None:
             unit, session = await begin_async(spec)  # not `enter_async`: the join was just ruled out
         else:
-            unit, tx = joined, joined.transaction
             session = tx.session if tx.session is not None else await tx.open_async()
         try:
             values = {sole_name: sole_cls(session)} if sole_cls is not None else build(session)
@@ -563,9 +609,12 @@ def _async_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
             del values  # the call holds what it needs: no dict kept while the unit is in flight
             result = await call
         except BaseException as exc:
-            await exit_async(unit, exc)
+            if unit is None:
+                block.rollback_only = True  # type: ignore[union-attr]  # leaving a failed join: `exit_async`, inline
+            else:
+                await exit_async(unit, exc)
             raise
-        if joined is None:  # leaving a plain join without an error does nothing (see exit_async)
+        if unit is not None:  # leaving a plain join without an error does nothing (see exit_async)
             await exit_async(unit, None)
         return result
 

@@ -37,7 +37,8 @@ The steps one call of ``@with_services(UserService) def register(users, email)``
    isolation_level, timeout).
 3. **Enter, begin or join** (here):
    - a ``required`` call inside a unit of the same database joins it at once: `join_innermost`
-     (one identity compare for the frame's task or thread);
+     (one identity compare for the frame's task or thread; the wrappers of `uow._calling` make
+     its comparisons inline);
    - a function with its own framework connection parameter (a Starlette endpoint's ``request``)
      whose request unit is the innermost one joins it the same way: `join_request`;
    - with no unit active at all, the direct begin: `begin_sync` makes a `Transaction` and pushes
@@ -168,6 +169,10 @@ def _forget_parent_units() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_parent_units)
+
+
+current_frame: Callable[[], Frame | None] = _current.get
+"""`innermost_frame` as a C call, for the wrappers' inline join (`uow._calling`)."""
 
 
 def innermost_frame() -> Frame | None:
@@ -384,7 +389,7 @@ def _check_session_kind(spec: UnitSpec, session: object, want_async: bool) -> No
         raise ConfigurationError(f"{spec.label} is sync: session= must be a Session, got {type(session).__name__}")
 
 
-def _check_join(spec: UnitSpec, tx: Transaction) -> None:
+def check_join(spec: UnitSpec, tx: Transaction) -> None:
     # `join_innermost` skips this unless the transaction is read-only or the unit asks for an
     # isolation level: a new reason to refuse a join must widen that condition too.
     if tx.read_only and not spec.read_only:
@@ -410,7 +415,7 @@ def _decide(spec: UnitSpec, session: AnySession | None, request_tx: Transaction 
             return _decide_with_active(spec, frame, request_tx.database)
         if spec.propagation is Propagation.NEVER:
             raise _never_error(spec, request_tx, request_tx.database)
-        _check_join(spec, request_tx)
+        check_join(spec, request_tx)
         return Decision(_JOIN, request_tx.database, None, request_tx)
     frame = find_frame(database)
     if session is not None:
@@ -453,7 +458,7 @@ def _decide_with_active(spec: UnitSpec, frame: Frame, database: Database | None)
         raise _never_error(spec, frame.transaction, database)
     if propagation is _REQUIRES_NEW:
         return Decision(_BEGIN, database, frame, None)
-    _check_join(spec, frame.transaction)
+    check_join(spec, frame.transaction)
     if propagation is _NESTED:
         return Decision(_SAVEPOINT, database, frame, None)
     return Decision(_JOIN, database, frame, None)
@@ -499,7 +504,7 @@ def join_innermost(spec: UnitSpec, want_async: bool) -> ActiveUnit | None:
     elif frame.owner != get_ident():
         return None
     if tx.read_only or spec.isolation_level is not None:
-        _check_join(spec, tx)  # what `_decide` would check here; it can only refuse in these two cases
+        check_join(spec, tx)  # what `_decide` would check here; it can only refuse in these two cases
     unit = frame.joined
     if unit is None:
         unit = frame.joined = ActiveUnit(_JOIN, tx, frame.block, None)
@@ -530,7 +535,7 @@ def join_request(spec: UnitSpec, tx: Transaction, want_async: bool) -> ActiveUni
     elif frame.owner != get_ident():
         return None
     if tx.read_only or spec.isolation_level is not None:
-        _check_join(spec, tx)  # what `_decide_with_active` would check here
+        check_join(spec, tx)  # what `_decide_with_active` would check here
     unit = frame.joined
     if unit is None:
         unit = frame.joined = ActiveUnit(_JOIN, tx, frame.block, None)
