@@ -368,22 +368,35 @@ def _label(report: dict[str, Any], fallback: str) -> str:
     return str(uow.get("commit") or fallback)
 
 
-def compare_markdown(
-    before: dict[str, Any], after: dict[str, Any], targets: Callable[[list[CaseResult]], list[dict[str, Any]]]
-) -> str:
-    """Two runs side by side (the before/after table of benchmarks/README.md): every variant's ratio and
-    cost over its baseline, then every target, both runs judged by `targets` (the targets as they are now)."""
-    names = _label(before, "before"), _label(after, "after")
+def compare_markdown(reports: list[dict[str, Any]], targets: Callable[[list[CaseResult]], list[dict[str, Any]]]) -> str:
+    """Runs side by side (the before/after table of benchmarks/README.md; more than two: before, then each
+    later run): every variant's ratio and cost over its baseline, then every target, every run judged by
+    `targets` (the targets as they are now)."""
+    labels = [_label(report, "before" if i == 0 else f"run {i}") for i, report in enumerate(reports)]
+    # The same commit measured more than once: number the runs.
+    names = [
+        f"{label}, run {labels[:i].count(label) + 1}" if labels.count(label) > 1 else label
+        for i, label in enumerate(labels)
+    ]
+    roles = (
+        ["before"] + ["after"] * (len(reports) - 1) if len(reports) == 2 else ["before"] + ["then"] * (len(reports) - 1)
+    )
+    described = "; ".join(
+        f"{role}: {name}, {report['rounds']} rounds, clock: {report['clock']}"
+        for role, name, report in zip(roles, names, reports, strict=True)
+    )
+    heads = " | ".join(f"{role} ({name})" for role, name in zip(roles, names, strict=True))
     lines = [
-        f"Before: {names[0]}, {before['rounds']} rounds, clock: {before['clock']}; "
-        f"after: {names[1]}, {after['rounds']} rounds, clock: {after['clock']}. "
+        f"{described[0].upper()}{described[1:]}. "
         "Ratio: median over rounds of (variant / baseline in the same round); +µs: median cost over the baseline.",
         "",
-        f"| case | variant | vs | before ({names[0]}) | after ({names[1]}) |",
-        "|---|---|---|---:|---:|",
+        f"| case | variant | vs | {heads} |",
+        "|---|---|---|" + "---:|" * len(reports),
     ]
-    runs = [{c["key"]: c for c in report["cases"]} for report in (before, after)]
-    keys = list(runs[0]) + [key for key in runs[1] if key not in runs[0]]
+    runs = [{c["key"]: c for c in report["cases"]} for report in reports]
+    keys: list[str] = []
+    for run in runs:
+        keys += [key for key in run if key not in keys]
     for key in keys:
         cases = [run.get(key) for run in runs]
         variants: dict[str, str] = {}
@@ -392,13 +405,16 @@ def compare_markdown(
                 if v["name"] != v["baseline"]:
                     variants.setdefault(v["name"], v["baseline"])
         for name, baseline in variants.items():
-            cells = [_compare_cell(case, name) for case in cases]
-            lines.append(f"| {key} | {name} | {baseline} | {cells[0]} | {cells[1]} |")
-    judged = [{(t["case"], t["target"]): t for t in targets(results_from_json(report))} for report in (before, after)]
-    lines += ["", f"| target | before ({names[0]}) | after ({names[1]}) |", "|---|---|---|"]
-    for check in list(judged[0]) + [check for check in judged[1] if check not in judged[0]]:
-        cells = [_target_cell(run.get(check)) for run in judged]
-        lines.append(f"| {check[0]}: {check[1]} | {cells[0]} | {cells[1]} |")
+            cells = " | ".join(_compare_cell(case, name) for case in cases)
+            lines.append(f"| {key} | {name} | {baseline} | {cells} |")
+    judged = [{(t["case"], t["target"]): t for t in targets(results_from_json(report))} for report in reports]
+    lines += ["", f"| target | {heads} |", "|---|" + "---|" * len(reports)]
+    checks: list[tuple[str, str]] = []
+    for run in judged:
+        checks += [check for check in run if check not in checks]
+    for check in checks:
+        cells = " | ".join(_target_cell(run.get(check)) for run in judged)
+        lines.append(f"| {check[0]}: {check[1]} | {cells} |")
     return "\n".join(lines)
 
 

@@ -124,8 +124,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         type=Path,
         nargs="+",
         metavar="RESULTS_JSON",
-        help="print the ratio tables of an earlier results.json and exit; given two (before, after): "
-        "the before/after table of both, judged by the targets as they are now",
+        help="print the ratio tables of an earlier results.json and exit; given two (before, after) or more "
+        "(before, then each later run): the table of all of them side by side, judged by the targets as they are now",
     )
     parser.add_argument(
         "--profile", action="store_true", help="profile the run with pyinstrument and print where time goes"
@@ -137,13 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
     if args.markdown:
         reports = [json.loads(path.read_text(encoding="utf-8")) for path in args.markdown]
-        if len(reports) > 2:
-            print("--markdown takes one results.json, or two to compare (before, after)", file=sys.stderr)
-            return 2
         from benchmarks.targets import evaluate
 
-        if len(reports) == 2:
-            print(compare_markdown(reports[0], reports[1], evaluate))
+        if len(reports) >= 2:
+            print(compare_markdown(reports, evaluate))
         else:  # judged by the targets as they are now, as the two-run table is
             print(markdown({**reports[0], "targets": evaluate(results_from_json(reports[0]))}))
         return 0

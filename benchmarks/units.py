@@ -9,6 +9,7 @@ noise floor of the run, to read the other ratios against.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
@@ -124,6 +125,24 @@ def _async_variants(engine: AsyncEngine) -> Setup:
         async with provide_services(AsyncItems, database=db) as (items,):
             items.add("x")
 
+    async def hand_shielded() -> None:
+        # A control: the hand-written unit ending as uow's does, the commit and close in a task of their
+        # own awaited through `asyncio.shield`, so a cancellation cannot cut them short (`to_completion`).
+        session = factory()
+        try:
+            AsyncItems(session).add("x")
+        except BaseException:
+            await session.close()
+            raise
+
+        async def end() -> None:
+            try:
+                await session.commit()
+            finally:
+                await session.close()
+
+        await asyncio.shield(asyncio.get_running_loop().create_task(end()))
+
     async def hand_aa() -> None:
         async with factory() as session:
             service = AsyncItemService(session=session)
@@ -142,6 +161,7 @@ def _async_variants(engine: AsyncEngine) -> Setup:
         [
             Variant("hand-written", hand, kind="baseline"),
             Variant("hand-written again (A/A control)", hand, kind="control"),
+            Variant("hand-written, ending shielded in a task (control)", hand_shielded, kind="control"),
             Variant("@with_services", decorated),
             Variant("provide_services", provided),
             Variant("hand-written, AA service", hand_aa, kind="baseline"),
