@@ -234,74 +234,80 @@ class Transaction:
         failure while releasing or closing afterwards is logged, not raised, and the hooks still run
         (an interrupt is re-raised after them).
         """
-        if self.hooks and exc is None and not (self.root.rollback_only or self.read_only):
-            veto = self._before_commit_sync()
-            if veto is not None:
-                self.finish_sync(veto)
-                raise veto
-        me = get_ident()
-        with lock:  # a thread joining right now either sees the unit finished or is seen inside
-            self.finished = True
-            busy = self.busy
-            # `prune(self) or busy_elsewhere(self)`, asked only when someone else may be using the session.
-            if (self.inside or (busy is not None and busy != me)) and (prune(self) or busy_elsewhere(self)):
-                straggler: PropagationError | None = straggler_error(self)
-            else:
-                straggler = None
-                # Ending is a statement too: another thread using the session meanwhile is refused.
-                self.busy = me
         try:
-            try:
-                session = self.session
-                if (
-                    straggler is not None
-                    or session is None
-                    or exc is not None
-                    or self.root.rollback_only
-                    or self.read_only
-                ):
-                    committed, interrupt = self._end_without_commit_sync(session, exc, straggler), None
+            if self.hooks and exc is None and not (self.root.rollback_only or self.read_only):
+                veto = self._before_commit_sync()
+                if veto is not None:
+                    self.finish_sync(veto)
+                    raise veto
+            me = get_ident()
+            with lock:  # a thread joining right now either sees the unit finished or is seen inside
+                self.finished = True
+                busy = self.busy
+                # `prune(self) or busy_elsewhere(self)`, asked only when someone else may be using the session.
+                if (self.inside or (busy is not None and busy != me)) and (prune(self) or busy_elsewhere(self)):
+                    straggler: PropagationError | None = straggler_error(self)
                 else:
-                    # The commit, written out here: every owning sync unit that succeeds comes this way.
-                    assert isinstance(session, Session)
-                    info = session.info
-                    info.pop(GUARD_KEY, None)  # `lift_guard`: from here on it is uow ending the session
-                    transaction = session.get_transaction()
-                    if transaction is not None and not transaction.is_active:  # a failed flush rolled it back
-                        self._roll_back_sync(session, None)
-                        raise _flush_failed_error(self)
-                    observed = self.observed
-                    if observed is not None:
-                        observed.committing()
-                    try:
-                        interrupt = _commit_sync(session)
-                    except BaseException as failure:
-                        # The commit failed: that failure is what the caller sees, not a close error.
-                        self.unknown = _commit_result_unknown(failure)
-                        _close_preserving_sync(session, failure)
-                        raise
-                    if observed is not None:
-                        observed.committed()
-                    try:  # a failure to close is logged (the commit stands), an interrupt handed back
-                        session.close()
-                    except BaseException as failure:
-                        interrupt = _close_failed_after_commit_sync(session, failure) or interrupt
-                    if TX_KEY in info:  # `seal`
-                        info[CLOSED_KEY] = True
-                    committed = True
-            finally:
-                if straggler is None:
-                    self.busy = None
-        except BaseException:
+                    straggler = None
+                    # Ending is a statement too: another thread using the session meanwhile is refused.
+                    self.busy = me
+            try:
+                try:
+                    session = self.session
+                    if (
+                        straggler is not None
+                        or session is None
+                        or exc is not None
+                        or self.root.rollback_only
+                        or self.read_only
+                    ):
+                        committed, interrupt = self._end_without_commit_sync(session, exc, straggler), None
+                    else:
+                        # The commit, written out here: every owning sync unit that succeeds comes this way.
+                        assert isinstance(session, Session)
+                        info = session.info
+                        info.pop(GUARD_KEY, None)  # `lift_guard`: from here on it is uow ending the session
+                        transaction = session.get_transaction()
+                        if transaction is not None and not transaction.is_active:  # a failed flush rolled it back
+                            self._roll_back_sync(session, None)
+                            raise _flush_failed_error(self)
+                        observed = self.observed
+                        if observed is not None:
+                            observed.committing()
+                        try:
+                            interrupt = _commit_sync(session)
+                        except BaseException as failure:
+                            # The commit failed: that failure is what the caller sees, not a close error.
+                            self.unknown = _commit_result_unknown(failure)
+                            _close_preserving_sync(session, failure)
+                            raise
+                        if observed is not None:
+                            observed.committed()
+                        try:  # a failure to close is logged (the commit stands), an interrupt handed back
+                            session.close()
+                        except BaseException as failure:
+                            interrupt = _close_failed_after_commit_sync(session, failure) or interrupt
+                        if TX_KEY in info:  # `seal`
+                            info[CLOSED_KEY] = True
+                        committed = True
+                finally:
+                    if straggler is None:
+                        self.busy = None
+            except BaseException:
+                if self.hooks:
+                    self.run_hooks_sync(Outcome.UNKNOWN if self.unknown else Outcome.ROLLED_BACK)
+                raise
+            # The one place an owning sync unit decides whether anything follows its end: with no hook
+            # registered nothing does (`run_hooks_sync` of no hooks hands nothing on, even to a test capture).
             if self.hooks:
-                self.run_hooks_sync(Outcome.UNKNOWN if self.unknown else Outcome.ROLLED_BACK)
-            raise
-        # The one place an owning sync unit decides whether anything follows its end: with no hook
-        # registered nothing does (`run_hooks_sync` of no hooks hands nothing on, even to a test capture).
-        if self.hooks:
-            self.run_hooks_sync(Outcome.COMMITTED if committed else Outcome.ROLLED_BACK)
-        if interrupt is not None:
-            raise interrupt
+                self.run_hooks_sync(Outcome.COMMITTED if committed else Outcome.ROLLED_BACK)
+            if interrupt is not None:
+                raise interrupt
+        finally:
+            if not self.abandoned:
+                # No cycle left (the session's info names this transaction): the session and its
+                # identity map go with their last reference, not with the next garbage collection.
+                self.session = None
 
     def _end_without_commit_sync(
         self, session: AnySession | None, exc: BaseException | None, straggler: PropagationError | None
@@ -349,45 +355,53 @@ class Transaction:
         through, a failure to close is logged, not raised. ``before_commit`` hooks run first, as in
         `finish_sync`.
         """
-        if self.hooks and exc is None and not (self.root.rollback_only or self.read_only):
-            veto = await self._before_commit_async()
-            if veto is not None:
-                await self.finish_async(veto)
-                raise veto
-        self.finished = True
-        session = self.session
-        if session is None:
+        try:
+            if self.hooks and exc is None and not (self.root.rollback_only or self.read_only):
+                veto = await self._before_commit_async()
+                if veto is not None:
+                    await self.finish_async(veto)
+                    raise veto
+            self.finished = True
+            session = self.session
+            if session is None:
+                try:
+                    if prune(self):
+                        if exc is None:
+                            raise straggler_error(self)
+                        committed = False
+                    else:
+                        committed = self._finish_without_session(exc)
+                except BaseException:
+                    if self.hooks:
+                        await self.run_hooks_async(Outcome.ROLLED_BACK)
+                    raise
+                if self.hooks:
+                    await self.run_hooks_async(Outcome.COMMITTED if committed else Outcome.ROLLED_BACK)
+                return
+            assert isinstance(session, AsyncSession)
+            lift_guard(session.info)
+            ender = task_on(asyncio.get_running_loop())  # `asyncio.current_task()`, without a Python call
             try:
-                if prune(self):
-                    if exc is None:
-                        raise straggler_error(self)
-                    committed = False
-                else:
-                    committed = self._finish_without_session(exc)
+                (committed, interrupt), cancellation = await to_completion(
+                    self._end_or_abandon_async(session, exc, ender)
+                )
             except BaseException:
                 if self.hooks:
-                    await self.run_hooks_async(Outcome.ROLLED_BACK)
+                    await self.run_hooks_async(Outcome.UNKNOWN if self.unknown else Outcome.ROLLED_BACK)
                 raise
+            # The one place an owning async unit decides whether anything follows its end: with no hook
+            # registered nothing does (`run_hooks_async` of no hooks hands nothing on, even to a test capture).
             if self.hooks:
                 await self.run_hooks_async(Outcome.COMMITTED if committed else Outcome.ROLLED_BACK)
-            return
-        assert isinstance(session, AsyncSession)
-        lift_guard(session.info)
-        ender = task_on(asyncio.get_running_loop())  # `asyncio.current_task()`, without a Python call
-        try:
-            (committed, interrupt), cancellation = await to_completion(self._end_or_abandon_async(session, exc, ender))
-        except BaseException:
-            if self.hooks:
-                await self.run_hooks_async(Outcome.UNKNOWN if self.unknown else Outcome.ROLLED_BACK)
-            raise
-        # The one place an owning async unit decides whether anything follows its end: with no hook
-        # registered nothing does (`run_hooks_async` of no hooks hands nothing on, even to a test capture).
-        if self.hooks:
-            await self.run_hooks_async(Outcome.COMMITTED if committed else Outcome.ROLLED_BACK)
-        if cancellation is not None:
-            raise cancellation
-        if interrupt is not None:
-            raise interrupt
+            if cancellation is not None:
+                raise cancellation
+            if interrupt is not None:
+                raise interrupt
+        finally:
+            if not self.abandoned:
+                # No cycle left (the session's info names this transaction): the session and its
+                # identity map go with their last reference, not with the next garbage collection.
+                self.session = None
 
     async def _end_or_abandon_async(
         self, session: AsyncSession, exc: BaseException | None, ender: object
