@@ -85,15 +85,10 @@ async def to_completion(work: Coroutine[Any, Any, T]) -> tuple[T, BaseException 
         except asyncio.CancelledError as cancelled:
             if task.cancelled():  # `work` itself raised CancelledError
                 raise
-            # This task was cancelled, not the work: the cancellation arrives once the work is done.
+            # This task was cancelled, not the work: the cancellation arrives once the work is done, and
+            # awaiting the done task again hands over its result or its failure (below) without a pause.
             cancellation = cancellation or cancelled
-            if not task.done():
-                continue
-            failure = task.exception()
-            if failure is None:
-                return task.result(), cancellation
-            note_secondary(cancellation, "ending the unit", failure)
-            raise cancellation from None
+            continue
         except BaseException as failure:
             if cancellation is None:
                 raise
