@@ -25,7 +25,8 @@ import uow.errors
 from tests import drivers
 from tests.drivers import ONE_CONNECTION, Target
 from tests.models import AsyncItemService, Item, ItemService
-from uow._timeout import _mysql_limit
+import uow._timeout
+from uow._timeout import _mariadb_limit, _mysql_limit
 
 SYNC = ["sqlite", "postgresql+psycopg", "postgresql+psycopg2", "mysql+pymysql"]
 ASYNC = ["sqlite+aiosqlite", "postgresql+asyncpg", "postgresql+psycopg_async", "mysql+aiomysql", "mysql+asyncmy"]
@@ -470,3 +471,59 @@ def test_mysql_selects_get_an_execution_time_hint() -> None:
     # No MySQL server runs here (MariaDB does, and takes SET STATEMENT): the statement MySQL would get.
     assert _mysql_limit("SELECT 1", 0.25) == "SELECT /*+ MAX_EXECUTION_TIME(250) */ 1"
     assert _mysql_limit("UPDATE t SET x = 1", 0.25) == "UPDATE t SET x = 1"
+
+
+def test_mariadb_limits_are_rounded_up_to_the_millisecond() -> None:
+    # Rounded to nearest, 0.2994 s left would let the server stop the statement 0.4 ms early.
+    assert _mariadb_limit("SELECT 1", 0.2994) == "SET STATEMENT max_statement_time=0.300 FOR SELECT 1"
+    assert _mariadb_limit("UPDATE t SET x = 1", 0.0001).startswith("SET STATEMENT max_statement_time=0.001 FOR")
+    assert _mariadb_limit("SET @a = 1", 0.25) == "SET @a = 1"
+
+
+@pytest.fixture
+def mariadb(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[uow.Database]:
+    target = drivers.target(request, "mysql+pymysql", tmp_path)
+    database = drivers.open_sync(target, engine_options=ONE_CONNECTION)
+    yield database
+    drivers.close_sync(database, target)
+
+
+def test_the_servers_limit_is_the_units_timeout_even_if_it_stops_the_statement_early(
+    mariadb: uow.Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server times the limit by its own clock: its error can come a fraction of a millisecond
+    # before the deadline by ours. Here the server is made to stop the statement at half the time
+    # left, well before the deadline: the unit still ends as timed out, with the server's error chained.
+    def early(statement: str, remaining: float) -> str:
+        return _mariadb_limit(statement, remaining / 2)
+
+    monkeypatch.setattr(uow._timeout, "_mariadb_limit", early)
+
+    @uow.with_services(ItemService, database=mariadb, timeout=1.0)
+    def work(items: ItemService) -> None:
+        items.add("written before the slow statement")
+        items.session.execute(text("SELECT SLEEP(3)"))
+
+    started = time.monotonic()
+    with pytest.raises(uow.UnitTimeoutError) as caught:
+        work()
+    assert time.monotonic() - started < 0.9  # stopped by the server, not by the deadline's own checks
+    assert isinstance(caught.value.__cause__, OperationalError)
+    assert caught.value.__cause__.orig.args[0] == 1969
+    assert names(mariadb) == []
+    assert_no_limits_left(mariadb)
+
+
+def test_a_limit_the_unit_did_not_set_stays_the_databases_error(mariadb: uow.Database) -> None:
+    # The statement sets its own, shorter limit (SET STATEMENT ... FOR is not limited by the unit):
+    # the database's error is the caller's own limit, not the unit running out of time.
+    @uow.with_services(ItemService, database=mariadb, timeout=3.0)
+    def work(items: ItemService) -> None:
+        items.add("written before the slow statement")
+        items.session.execute(text("SET STATEMENT max_statement_time=0.05 FOR SELECT SLEEP(3)"))
+
+    with pytest.raises(OperationalError) as caught:
+        work()
+    assert not isinstance(caught.value, uow.UnitTimeoutError)
+    assert caught.value.orig.args[0] == 1969
+    assert names(mariadb) == []

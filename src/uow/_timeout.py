@@ -83,6 +83,7 @@ class Deadline:
         "expired",
         "info",
         "label",
+        "limited",
         "owner",
         "passive",
         "previous",
@@ -101,6 +102,7 @@ class Deadline:
         self.expired = False  # the alarm went off
         self.done = False
         self.passive = False  # a joiner's deadline that the one in force already covers: changes nothing
+        self.limited = False  # the last statement ran under a limit this deadline set (MySQL, MariaDB)
         self._lock = threading.Lock()
         self._handle: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[Any] | None = None
@@ -179,7 +181,7 @@ class Deadline:
             if uncancel is not None:
                 uncancel()
             return _caused(self.error(), exc)
-        if self.expired or time.monotonic() >= self.at:
+        if self.expired or time.monotonic() >= self.at or (self.limited and _stopped_by_limit(exc)):
             if exc is None:
                 return self.error()
             if isinstance(exc, Exception):
@@ -231,6 +233,26 @@ class _Alarms:
 _alarms = _Alarms()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_alarms.forget_thread)
+
+
+# The errors MySQL (ER_QUERY_TIMEOUT) and MariaDB (ER_STATEMENT_TIMEOUT) stop a statement with at
+# the limit `_mysql_limit` / `_mariadb_limit` gave it. The server's clock is not ours: its error can
+# arrive a fraction of a millisecond before `Deadline.at` by time.monotonic(), and it is still this
+# deadline that stopped the statement.
+_LIMIT_ERRORS = frozenset({3024, 1969})
+
+
+def _stopped_by_limit(exc: BaseException | None) -> bool:
+    """Whether `exc` (or what it was raised from) is the database stopping a statement at its limit."""
+    seen = 0
+    while exc is not None and seen < 8:
+        original = getattr(exc, "orig", None)  # SQLAlchemy's DBAPIError wraps the driver's error
+        args = getattr(original if original is not None else exc, "args", ())
+        if args and isinstance(args[0], int) and args[0] in _LIMIT_ERRORS:
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
 
 
 def _caused(error: UnitTimeoutError, cause: BaseException) -> UnitTimeoutError:
@@ -354,7 +376,9 @@ def _watch_connection(connection: Connection, info: dict[Any, Any]) -> None:
         remaining = deadline.remaining()
         if remaining <= 0:
             raise deadline.error()
-        return limit(statement, remaining), parameters
+        limited = limit(statement, remaining)
+        deadline.limited = limited is not statement
+        return limited, parameters
 
     event.listen(connection, "before_cursor_execute", before_statement, retval=True)
     watched[connection] = before_statement
@@ -372,7 +396,8 @@ def _mariadb_limit(statement: str, remaining: float) -> str:
     # MariaDB counts max_statement_time in seconds (a fraction allowed); 0 would mean no limit.
     if _first_word(statement) not in _STATEMENTS:
         return statement
-    return f"SET STATEMENT max_statement_time={max(remaining, 0.001):.3f} FOR {statement}"
+    # Rounded up to the millisecond, never down: the server must not stop it before the deadline.
+    return f"SET STATEMENT max_statement_time={max(math.ceil(remaining * 1000), 1) / 1000:.3f} FOR {statement}"
 
 
 def _mysql_limit(statement: str, remaining: float) -> str:
