@@ -21,11 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 import uow
+import uow._timeout
 import uow.errors
 from tests import drivers
 from tests.drivers import ONE_CONNECTION, Target
 from tests.models import AsyncItemService, Item, ItemService
-import uow._timeout
 from uow._timeout import _mariadb_limit, _mysql_limit
 
 SYNC = ["sqlite", "postgresql+psycopg", "postgresql+psycopg2", "mysql+pymysql"]
