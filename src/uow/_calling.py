@@ -561,9 +561,10 @@ def _async_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
 
         return general
     sole_name, sole_cls = plan.sole_service if plan.sole_service is not None else ("", None)
-    has_connection = plan.connection_param is not None
-    connection_name, connection_index = plan.connection_param if plan.connection_param is not None else ("", None)
-    caller_names = plan.caller_names - {connection_name}
+    # The wrapper's coroutine is what a unit in flight holds: its frame has a slot per local and per
+    # name read from here (8 bytes each, times every unit awaiting at once), so it keeps few of both.
+    connection_param = plan.connection_param  # (name, index) or None, passed whole
+    caller_names = plan.caller_names - {connection_param[0]} if connection_param is not None else plan.caller_names
     required, own_database, checks_isolation = spec.required, spec.database, spec.isolation_level is not None
 
     async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -572,28 +573,32 @@ def _async_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
         unit: ActiveUnit | None = None
         tx: Transaction | None = None
         block: Block | None = None
-        request_tx = _own_connection_unit(connection_name, connection_index, args, kwargs) if has_connection else None
-        if request_tx is not None:
-            joined = join_request(spec, request_tx, True)
-            if joined is None:
+        frame: Any = None  # the request unit the connection points at, its join, or the innermost frame
+        if connection_param is not None:
+            frame = _own_connection_unit(connection_param[0], connection_param[1], args, kwargs)
+        if frame is not None:
+            frame = join_request(spec, frame, True)
+            if frame is None:
                 return await call_async(plan, args, kwargs)
-            tx, block = joined.transaction, joined.block
+            tx, block = frame.transaction, frame.block
         else:
             # `join_innermost(spec, True)`, inline: the plain join of the innermost unit, or a begin.
             frame = current_frame()
             if frame is not None and required:
                 database = own_database if own_database is not None else _default.database
-                active = frame.transaction
+                tx = frame.transaction
                 if (
                     frame.database is database
                     and database is not None
                     and database.is_async
-                    and not active.finished
+                    and not tx.finished  # pyright: ignore[reportOptionalMemberAccess]  # `tx` is the frame's
                     and task_on(frame.loop) is frame.owner
                 ):
-                    if active.read_only or checks_isolation:
-                        check_join(spec, active)
-                    tx, block = active, frame.block
+                    if tx.read_only or checks_isolation:  # pyright: ignore[reportOptionalMemberAccess]
+                        check_join(spec, tx)  # pyright: ignore[reportArgumentType]
+                    block = frame.block
+                else:
+                    tx = None
         session: Any
         if tx is None:
             unit, session = await begin_async(spec)  # not `enter_async`: the join was just ruled out
@@ -605,9 +610,9 @@ def _async_wrapper(plan: FunctionPlan) -> Callable[..., Any]:
                 values = {**kwargs, **values}
             if len(args) > layout_after:
                 args, values = layout(plan, args, values, {})
-            call = fn(*args, **values)
+            result = fn(*args, **values)
             del values  # the call holds what it needs: no dict kept while the unit is in flight
-            result = await call
+            result = await result
         except BaseException as exc:
             if unit is None:
                 block.rollback_only = True  # type: ignore[union-attr]  # leaving a failed join: `exit_async`, inline
